@@ -31,7 +31,13 @@ const _: () = assert!(size_of::<BlockEntry>() == 32);
 
 impl BlockEntry {
     pub const fn new(expires_at_ns: u64, source: u8) -> Self {
-        Self { expires_at_ns, dropped_packets: 0, dropped_bytes: 0, source, _pad: [0; 7] }
+        Self {
+            expires_at_ns,
+            dropped_packets: 0,
+            dropped_bytes: 0,
+            source,
+            _pad: [0; 7],
+        }
     }
 }
 

@@ -9,8 +9,13 @@ pub mod gate {
     /// Packets whose source matched an entry that had already expired (passed).
     pub const EXPIRED_MATCHES: u32 = 4;
     pub const LEN: u32 = 5;
-    pub const NAMES: [&str; LEN as usize] =
-        ["dropped_packets", "dropped_bytes", "passed_packets", "parse_errors", "expired_matches"];
+    pub const NAMES: [&str; LEN as usize] = [
+        "dropped_packets",
+        "dropped_bytes",
+        "passed_packets",
+        "parse_errors",
+        "expired_matches",
+    ];
 }
 
 /// `REPLY_COUNTERS`: what the TC egress classifier saw.

@@ -16,7 +16,10 @@ use crate::{
 /// The verdict for one frame. Truncated headers pass (and are counted by the caller).
 #[inline(always)]
 pub fn verdict(ctx: &XdpContext) -> Result<u32, Truncated> {
-    let pkt = Packet { data: ctx.data(), data_end: ctx.data_end() };
+    let pkt = Packet {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
     let (l3, _) = parse::l3(&pkt)?;
     let entry = match l3 {
         L3::V4(ip) => {
@@ -61,7 +64,9 @@ fn lookup_v4(addr: [u8; 4]) -> Option<*mut BlockEntry> {
     if prefixes().0 == 0 {
         return None;
     }
-    PREFIX_V4.get(Key::new(32, addr)).map(|e| core::ptr::from_ref(e).cast_mut())
+    PREFIX_V4
+        .get(Key::new(32, addr))
+        .map(|e| core::ptr::from_ref(e).cast_mut())
 }
 
 #[inline(always)]
@@ -72,13 +77,17 @@ fn lookup_v6(addr: [u8; 16]) -> Option<*mut BlockEntry> {
     if prefixes().1 == 0 {
         return None;
     }
-    PREFIX_V6.get(Key::new(128, addr)).map(|e| core::ptr::from_ref(e).cast_mut())
+    PREFIX_V6
+        .get(Key::new(128, addr))
+        .map(|e| core::ptr::from_ref(e).cast_mut())
 }
 
 /// How many IPv4 and IPv6 prefixes are blocked.
 #[inline(always)]
 fn prefixes() -> (u32, u32) {
-    GATE_CONFIG.get(0).map_or((0, 0), |c| (c.v4_prefixes, c.v6_prefixes))
+    GATE_CONFIG
+        .get(0)
+        .map_or((0, 0), |c| (c.v4_prefixes, c.v6_prefixes))
 }
 
 /// `*counter += value` as one BPF atomic add. The BPF target has no atomic read-modify-write in

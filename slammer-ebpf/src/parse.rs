@@ -121,5 +121,10 @@ pub fn tcp(pkt: &Packet, l3: &L3, l3_offset: usize) -> Result<Option<Segment>, T
     if data_offset < TcpHdr::LEN {
         return Err(Truncated);
     }
-    Ok(Some(Segment { dst, family, tcp, payload_offset: l4_offset + data_offset }))
+    Ok(Some(Segment {
+        dst,
+        family,
+        tcp,
+        payload_offset: l4_offset + data_offset,
+    }))
 }

@@ -93,7 +93,10 @@ struct Segment {
 
 #[inline(always)]
 pub fn inspect(ctx: &TcContext) -> Result<(), Truncated> {
-    let pkt = Packet { data: ctx.data(), data_end: ctx.data_end() };
+    let pkt = Packet {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+    };
     let (l3, l3_offset) = parse::l3(&pkt)?;
     let Some(seg) = parse::tcp(&pkt, &l3, l3_offset)? else {
         return Ok(());
@@ -185,7 +188,8 @@ fn scan(ctx: &TcContext, flow: FlowKey, seq: u32, payload_offset: usize, payload
     }
 
     let last = if payload_len > SCAN_LEN {
-        ctx.load::<u8>(payload_offset + payload_len - 1).unwrap_or(b'\n')
+        ctx.load::<u8>(payload_offset + payload_len - 1)
+            .unwrap_or(b'\n')
     } else {
         s.buf[(copy_len - 1) & (SCAN_LEN - 1)]
     };
@@ -243,7 +247,11 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
         }
     }
     let (open, open_code) = s.reply();
-    let first = if open != NO_REPLY && open_code == code { open } else { start };
+    let first = if open != NO_REPLY && open_code == code {
+        open
+    } else {
+        start
+    };
     s.set_reply(NO_REPLY, 0);
     count(&REPLY_COUNTERS, counter::REPLIES_SEEN, 1);
 
@@ -262,7 +270,11 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
     if code >= MAX_CODE || !REPLY_CODES.get(code).is_some_and(|&report| report != 0) {
         return;
     }
-    let class = if code >= 500 { counter::MATCHED_5XX } else { counter::MATCHED_4XX };
+    let class = if code >= 500 {
+        counter::MATCHED_5XX
+    } else {
+        counter::MATCHED_4XX
+    };
     count(&REPLY_COUNTERS, class, 1);
     emit(seg, s, kind::REJECTION, code, first);
 }
@@ -278,7 +290,11 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32) {
     let first = first as usize;
     let scanned = s.scanned();
     let available = if scanned > first { scanned - first } else { 1 };
-    let text_len = if available > TEXT_LEN { TEXT_LEN } else { available };
+    let text_len = if available > TEXT_LEN {
+        TEXT_LEN
+    } else {
+        available
+    };
     // For the verifier: a length in 1..=TEXT_LEN.
     let copy_len = ((text_len - 1) & (TEXT_LEN - 1)) + 1;
     // SAFETY: `ev` points at a reserved, exclusively owned `ReplyEvent`; `text` holds

@@ -1,0 +1,116 @@
+//! The command line: `slammer run | block | unblock | list | stats | test-pattern`.
+
+mod block;
+mod list;
+mod run;
+mod stats;
+mod test_pattern;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slammer",
+    version,
+    about = "Blocks SMTP dictionary attackers and relay probers in the kernel"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: attach the programs and block slammers.
+    Run(run::Args),
+    /// Block an address or prefix now.
+    Block(block::BlockArgs),
+    /// Remove a block.
+    Unblock(block::UnblockArgs),
+    /// Show what is blocked.
+    List(list::Args),
+    /// Show the counters of the kernel programs and the daemon.
+    Stats(stats::Args),
+    /// Show whether reply lines count as offenses under the rules.
+    TestPattern(test_pattern::Args),
+}
+
+/// `--socket`, shared by every client subcommand.
+#[derive(Debug, clap::Args)]
+struct SocketArg {
+    /// Control socket of the daemon.
+    #[arg(long, env = "SLAMMER_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+}
+
+/// A failure and the exit code it maps to: 2 for bad input, 1 for everything else.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 2,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Block(args) => block::block(&args),
+        Command::Unblock(args) => block::unblock(&args),
+        Command::List(args) => list::list(&args),
+        Command::Stats(args) => stats::stats(&args),
+        Command::TestPattern(args) => test_pattern::test_pattern(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            eprintln!("slammer: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Sends one request; a refused request becomes a [`Failure`] with the daemon's message.
+fn call(
+    socket: &std::path::Path,
+    request: &crate::control::protocol::Request,
+) -> Result<Option<serde_json::Value>, Failure> {
+    use crate::control::protocol::ErrorKind;
+    let response = crate::control::client::call(socket, request)?;
+    if response.ok {
+        return Ok(response.result);
+    }
+    let message = response
+        .error
+        .unwrap_or_else(|| "the daemon refused the request".to_owned());
+    let code = if response.kind == Some(ErrorKind::BadRequest) {
+        2
+    } else {
+        1
+    };
+    Err(Failure {
+        code,
+        error: anyhow::Error::msg(message),
+    })
+}

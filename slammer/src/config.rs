@@ -1,0 +1,238 @@
+//! Settings of `slammer run`: built-in defaults, then the TOML config file, then command-line
+//! flags, validated into one [`Settings`] before anything touches the kernel.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::{duration, rules::RuleSpec};
+
+pub const DEFAULT_CONFIG: &str = "/etc/slammer/slammer.toml";
+pub const DEFAULT_SOCKET: &str = "/run/slammer/slammer.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/slammer";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/slammer";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
+
+/// Everything `slammer run` needs, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Interfaces to protect; empty means the interface of the default route.
+    pub interfaces: Vec<String>,
+    pub smtp_ports: BTreeSet<u16>,
+    pub threshold: u32,
+    pub window: Duration,
+    pub ttl: Duration,
+    /// Never blocked, in addition to loopback and the host's own addresses.
+    pub allow: Vec<IpNet>,
+    /// Entries per blocklist map.
+    pub capacity: u32,
+    /// Clients the offense tracker remembers at most.
+    pub max_clients: usize,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub metrics: SocketAddr,
+    /// Reply rules; `None` means the built-in ones.
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            smtp_ports: BTreeSet::from([25]),
+            threshold: 10,
+            window: Duration::from_secs(10 * 60),
+            ttl: Duration::from_secs(4 * 3600),
+            allow: Vec::new(),
+            capacity: 1 << 20,
+            max_clients: 100_000,
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            metrics: DEFAULT_METRICS.parse().expect("literal"),
+            rules: None,
+        }
+    }
+}
+
+/// The config file as written; every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub interfaces: Option<Vec<String>>,
+    pub smtp_ports: Option<Vec<u16>>,
+    pub threshold: Option<u32>,
+    #[serde(deserialize_with = "some_duration")]
+    pub window: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
+    pub ttl: Option<Duration>,
+    pub allow: Option<Vec<IpNet>>,
+    pub capacity: Option<u32>,
+    pub max_clients: Option<usize>,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    duration::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {key} = {value}: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl FileConfig {
+    /// Reads `path`. A missing file is an error only when `required` (it was named explicitly).
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies the file over `settings`.
+    pub fn apply(self, s: &mut Settings) {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { s.$field = v; } )* };
+        }
+        take!(
+            interfaces,
+            threshold,
+            window,
+            ttl,
+            allow,
+            capacity,
+            max_clients,
+            socket
+        );
+        take!(state_dir, pin_dir, metrics);
+        if let Some(ports) = self.smtp_ports {
+            s.smtp_ports = ports.into_iter().collect();
+        }
+        if self.rules.is_some() {
+            s.rules = self.rules;
+        }
+    }
+}
+
+impl Settings {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, why| Err(ConfigError::Invalid { key, value, why });
+        if self.threshold == 0 {
+            return invalid("threshold", "0".into(), "must be at least 1");
+        }
+        if self.smtp_ports.is_empty() {
+            return invalid("smtp_ports", "[]".into(), "needs at least one port");
+        }
+        if self.smtp_ports.contains(&0) {
+            return invalid("smtp_ports", "0".into(), "port 0 is no port");
+        }
+        if self.capacity == 0 {
+            return invalid("capacity", "0".into(), "must be at least 1");
+        }
+        if self.max_clients == 0 {
+            return invalid("max_clients", "0".into(), "must be at least 1");
+        }
+        if let Some(n) = self.allow.iter().find(|n| n.prefix_len() == 0) {
+            return invalid("allow", n.to_string(), "would never block anyone");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let mut s = Settings::default();
+        parse(
+            "threshold = 5\nwindow = \"2m\"\nsmtp_ports = [25, 587]\nallow = [\"192.0.2.0/24\"]\n",
+        )
+        .unwrap()
+        .apply(&mut s);
+        assert_eq!(s.threshold, 5);
+        assert_eq!(s.window, Duration::from_secs(120));
+        assert_eq!(s.smtp_ports, BTreeSet::from([25, 587]));
+        assert_eq!(s.allow.len(), 1);
+        assert_eq!(s.ttl, Settings::default().ttl);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_key_value_and_line() {
+        let err = parse("threshold = 5\ntreshold = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("treshold") && err.contains("line 2"), "{err}");
+        let err = parse("\nttl = \"5parsecs\"\n").unwrap_err().to_string();
+        assert!(err.contains("5parsecs") && err.contains("line 2"), "{err}");
+        let err = parse("allow = [\"10.0.0.300/8\"]").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn validation_refuses_nonsense() {
+        let s = Settings {
+            threshold: 0,
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("threshold"));
+        let s = Settings {
+            allow: vec!["0.0.0.0/0".parse().unwrap()],
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("0.0.0.0/0"));
+        assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn missing_optional_file_is_empty() {
+        let f = FileConfig::load(Path::new("/nonexistent/slammer.toml"), false).unwrap();
+        assert!(f.threshold.is_none());
+        assert!(FileConfig::load(Path::new("/nonexistent/slammer.toml"), true).is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The daemon side of the control socket.
+
+use std::{
+    fs, io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::protocol::{ErrorKind, Request, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("control socket {path} is served by another slammer daemon")]
+    InUse { path: PathBuf },
+    #[error("cannot create control socket {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Answers one request.
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// A bound control socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600, replacing a stale socket file but never a live one.
+    pub fn bind(path: &Path) -> Result<Self, ServeError> {
+        let io_err = |source| ServeError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            fs::remove_file(path).map_err(io_err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(io_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves connections until the task is dropped.
+    pub async fn serve(&self, handler: Handler) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, Arc::clone(&handler)));
+                }
+                Err(err) => {
+                    log::warn!(
+                        "control socket {}: accept failed: {err}",
+                        self.path.display()
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+async fn connection(stream: UnixStream, handler: Handler) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(err) => {
+                log::debug!("control connection closed: {err}");
+                return;
+            }
+        };
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let handler = Arc::clone(&handler);
+                // Handlers take a lock and make map syscalls: keep them off the async workers.
+                tokio::task::spawn_blocking(move || handler(request))
+                    .await
+                    .unwrap_or_else(|e| Response::error(ErrorKind::Internal, e))
+            }
+            Err(err) => Response::error(ErrorKind::BadRequest, format!("bad request: {err}")),
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses always serialise");
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

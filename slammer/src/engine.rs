@@ -1,0 +1,385 @@
+//! From replies to blocks: the daemon's decisions, free of I/O so they are tested with a fake
+//! blocklist store. The daemon feeds it events and requests; it answers with what to do.
+
+use std::{net::IpAddr, num::NonZeroUsize, time::Duration};
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::{
+    addr::Target,
+    allow::Allowlist,
+    blocklist::{BlockError, BlockStore, Blocklist, Source},
+    events::Reply,
+    rules::RuleSet,
+    tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
+};
+
+/// Connections whose last reply sequence number is remembered, to drop retransmitted replies.
+const SEQ_MEMORY: usize = 65_536;
+/// Allowlisted clients whose offenses were logged recently (once per window each).
+const ALLOW_LOG_MEMORY: usize = 4_096;
+
+/// What the daemon has counted itself (the kernel's counters are read separately).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Reply events received from the kernel.
+    pub events: u64,
+    /// Retransmitted replies seen again and ignored.
+    pub duplicates: u64,
+    /// Replies that matched no rule.
+    pub unmatched: u64,
+    /// Replies that matched a rule.
+    pub offenses: u64,
+    /// Offenses by clients on the allowlist (never blocked).
+    pub allowlisted_offenses: u64,
+    /// Offenses by clients already blocked (replies to sessions still in flight).
+    pub offenses_while_blocked: u64,
+    pub auto_blocks: u64,
+    pub manual_blocks: u64,
+    pub unblocks_manual: u64,
+    pub unblocks_expired: u64,
+    /// Blocks refused because the blocklist was full.
+    pub blocks_refused_full: u64,
+    pub tls_sessions: u64,
+    pub decode_errors: u64,
+}
+
+/// Settings the engine applies; replaced as a whole on reload.
+pub struct Policy {
+    pub rules: RuleSet,
+    pub allow: Allowlist,
+    pub tracker: TrackerConfig,
+    pub ttl: Duration,
+}
+
+/// An automatic block that was just applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoBlock {
+    pub client: IpAddr,
+    pub reason: String,
+    /// From the reply leaving the host to the block being in the map.
+    pub latency_ns: u64,
+}
+
+/// What became of one reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Duplicate,
+    NoOffense,
+    Allowlisted { client: IpAddr, log: bool },
+    AlreadyBlocked,
+    Counted,
+    Blocked(AutoBlock),
+    BlockFailed(String),
+}
+
+pub struct Engine<S> {
+    blocklist: Blocklist<S>,
+    tracker: OffenseTracker,
+    policy: Policy,
+    stats: EngineStats,
+    last_seq: LruCache<(IpAddr, u16, u16), u32>,
+    allow_logged: LruCache<IpAddr, u64>,
+}
+
+impl<S: BlockStore> Engine<S> {
+    pub fn new(blocklist: Blocklist<S>, policy: Policy) -> Result<Self, TrackerError> {
+        Ok(Self {
+            blocklist,
+            tracker: OffenseTracker::new(policy.tracker)?,
+            policy,
+            stats: EngineStats::default(),
+            last_seq: LruCache::new(NonZeroUsize::new(SEQ_MEMORY).expect("non-zero")),
+            allow_logged: LruCache::new(NonZeroUsize::new(ALLOW_LOG_MEMORY).expect("non-zero")),
+        })
+    }
+
+    /// Handles one reply; `now_ns` is the boot clock when the daemon read it.
+    pub fn on_reply(&mut self, reply: &Reply, now_ns: u64) -> Outcome {
+        self.stats.events += 1;
+        if self.is_retransmission(reply) {
+            self.stats.duplicates += 1;
+            return Outcome::Duplicate;
+        }
+        let Some(rule) = self.policy.rules.classify(reply.code, &reply.text) else {
+            self.stats.unmatched += 1;
+            return Outcome::NoOffense;
+        };
+        self.stats.offenses += 1;
+        let client = reply.client;
+        if self.policy.allow.contains(client) {
+            self.stats.allowlisted_offenses += 1;
+            let window = u64::try_from(self.policy.tracker.window.as_nanos()).unwrap_or(u64::MAX);
+            let log = self
+                .allow_logged
+                .get(&client)
+                .is_none_or(|&at| now_ns.saturating_sub(at) >= window);
+            if log {
+                self.allow_logged.put(client, now_ns);
+            }
+            return Outcome::Allowlisted { client, log };
+        }
+        if self.blocklist.is_blocked(&Target::Addr(client), now_ns) {
+            self.stats.offenses_while_blocked += 1;
+            return Outcome::AlreadyBlocked;
+        }
+        let offense = Offense {
+            code: reply.code,
+            label: rule.label(),
+        };
+        let Some(decision) = self.tracker.record(client, reply.at_ns, offense) else {
+            return Outcome::Counted;
+        };
+        let target = Target::Addr(decision.client);
+        match self.blocklist.block(
+            now_ns,
+            target,
+            self.policy.ttl,
+            Source::Auto,
+            decision.reason.clone(),
+        ) {
+            Ok(()) => {
+                self.stats.auto_blocks += 1;
+                Outcome::Blocked(AutoBlock {
+                    client: decision.client,
+                    reason: decision.reason,
+                    latency_ns: crate::clock::boot_ns().saturating_sub(reply.at_ns),
+                })
+            }
+            Err(err) => {
+                if matches!(err, BlockError::Full { .. }) {
+                    self.stats.blocks_refused_full += 1;
+                }
+                Outcome::BlockFailed(err.to_string())
+            }
+        }
+    }
+
+    /// A reply whose first byte is not past the last one seen on its connection was sent before.
+    fn is_retransmission(&mut self, reply: &Reply) -> bool {
+        let key = (reply.client, reply.client_port, reply.server_port);
+        if let Some(&last) = self.last_seq.get(&key) {
+            // Serial-number comparison: sequence numbers wrap.
+            if reply.seq.wrapping_sub(last).cast_signed() <= 0 {
+                return true;
+            }
+        }
+        self.last_seq.put(key, reply.seq);
+        false
+    }
+
+    pub fn on_tls_started(&mut self) {
+        self.stats.tls_sessions += 1;
+    }
+
+    pub fn on_decode_error(&mut self) {
+        self.stats.decode_errors += 1;
+    }
+
+    /// `slammer block`: allowlisted targets are refused.
+    pub fn block_manual(
+        &mut self,
+        now_ns: u64,
+        target: Target,
+        ttl: Option<Duration>,
+        reason: String,
+    ) -> Result<(), BlockError> {
+        let allowed = match target {
+            Target::Addr(a) => self.policy.allow.contains(a),
+            Target::Prefix(net) => self.policy.allow.overlaps(&net),
+        };
+        if allowed {
+            return Err(BlockError::Allowlisted { target });
+        }
+        let res = self.blocklist.block(
+            now_ns,
+            target,
+            ttl.unwrap_or(self.policy.ttl),
+            Source::Manual,
+            reason,
+        );
+        match &res {
+            Ok(()) => self.stats.manual_blocks += 1,
+            Err(BlockError::Full { .. }) => self.stats.blocks_refused_full += 1,
+            Err(_) => {}
+        }
+        res
+    }
+
+    pub fn unblock(&mut self, target: Target) -> Result<(), BlockError> {
+        self.blocklist.unblock(target)?;
+        if let Target::Addr(a) = target {
+            self.tracker.forget(a);
+        }
+        self.stats.unblocks_manual += 1;
+        Ok(())
+    }
+
+    /// Removes expired blocks; returns them for logging.
+    pub fn sweep(&mut self, now_ns: u64) -> Vec<(Target, crate::blocklist::Block)> {
+        let expired = self.blocklist.sweep(now_ns);
+        self.stats.unblocks_expired += expired.len() as u64;
+        expired
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn tracked_clients(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn blocklist(&self) -> &Blocklist<S> {
+        &self.blocklist
+    }
+
+    pub fn blocklist_mut(&mut self) -> &mut Blocklist<S> {
+        &mut self.blocklist
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocklist::fake::FakeStore;
+
+    const S: u64 = 1_000_000_000;
+
+    fn engine(threshold: u32) -> Engine<FakeStore> {
+        let store = FakeStore {
+            capacity: 100,
+            ..FakeStore::default()
+        };
+        let policy = Policy {
+            rules: RuleSet::defaults(),
+            allow: Allowlist::defaults(["192.0.2.1".parse().unwrap()]),
+            tracker: TrackerConfig {
+                threshold,
+                window: Duration::from_secs(600),
+                max_clients: 1000,
+            },
+            ttl: Duration::from_secs(3600),
+        };
+        Engine::new(Blocklist::new(store, 100), policy).unwrap()
+    }
+
+    fn reply(client: &str, port: u16, seq: u32, code: u16, text: &str) -> Reply {
+        Reply {
+            at_ns: u64::from(seq) * S,
+            client: client.parse().unwrap(),
+            client_port: port,
+            server_port: 25,
+            seq,
+            code,
+            text: text.to_owned(),
+        }
+    }
+
+    const UNKNOWN: &str =
+        "5.1.1 <x@mx.test>: Recipient address rejected: User unknown in local recipient table";
+
+    #[test]
+    fn blocks_at_exactly_the_threshold() {
+        let mut e = engine(3);
+        assert_eq!(
+            e.on_reply(&reply("198.51.100.7", 1000, 1, 550, UNKNOWN), 1),
+            Outcome::Counted
+        );
+        assert_eq!(
+            e.on_reply(&reply("198.51.100.7", 1000, 2, 550, UNKNOWN), 2),
+            Outcome::Counted
+        );
+        let Outcome::Blocked(b) = e.on_reply(&reply("198.51.100.7", 1001, 3, 550, UNKNOWN), 3)
+        else {
+            panic!("third offense must block")
+        };
+        assert!(
+            b.reason.starts_with("3x 550 \"User unknown\""),
+            "{}",
+            b.reason
+        );
+        let target: Target = "198.51.100.7".parse().unwrap();
+        assert!(e.blocklist().is_blocked(&target, 4));
+        assert_eq!(
+            e.on_reply(&reply("198.51.100.7", 1001, 4, 550, UNKNOWN), 4),
+            Outcome::AlreadyBlocked
+        );
+        assert_eq!(e.stats().auto_blocks, 1);
+    }
+
+    #[test]
+    fn retransmitted_replies_count_once() {
+        let mut e = engine(2);
+        assert_eq!(
+            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), 1),
+            Outcome::Counted
+        );
+        assert_eq!(
+            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), 1),
+            Outcome::Duplicate
+        );
+        assert_eq!(e.stats().duplicates, 1);
+        assert!(matches!(
+            e.on_reply(&reply("198.51.100.7", 1000, 11, 550, UNKNOWN), 1),
+            Outcome::Blocked(_)
+        ));
+    }
+
+    #[test]
+    fn allowlisted_clients_are_counted_not_blocked_and_logged_once_per_window() {
+        let mut e = engine(1);
+        let first = e.on_reply(&reply("192.0.2.1", 1000, 1, 550, UNKNOWN), S);
+        assert_eq!(
+            first,
+            Outcome::Allowlisted {
+                client: "192.0.2.1".parse().unwrap(),
+                log: true
+            }
+        );
+        let second = e.on_reply(&reply("192.0.2.1", 1000, 2, 550, UNKNOWN), 2 * S);
+        assert_eq!(
+            second,
+            Outcome::Allowlisted {
+                client: "192.0.2.1".parse().unwrap(),
+                log: false
+            }
+        );
+        let later = e.on_reply(&reply("192.0.2.1", 1000, 3, 550, UNKNOWN), 700 * S);
+        assert!(matches!(later, Outcome::Allowlisted { log: true, .. }));
+        assert_eq!(e.stats().allowlisted_offenses, 3);
+        assert!(e.blocklist().list(0).is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_and_good_replies_never_count() {
+        let mut e = engine(1);
+        let replies = [
+            (501, "5.1.7 Bad sender address syntax"),
+            (500, "5.5.2 Error: command not recognized"),
+        ];
+        for (seq, (code, text)) in (1..).zip(replies) {
+            assert_eq!(
+                e.on_reply(&reply("198.51.100.7", 1000, seq, code, text), 1),
+                Outcome::NoOffense
+            );
+        }
+    }
+
+    #[test]
+    fn manual_blocks_respect_the_allowlist() {
+        let mut e = engine(1);
+        let err = e.block_manual(0, "192.0.2.0/24".parse().unwrap(), None, String::new());
+        assert!(matches!(err, Err(BlockError::Allowlisted { .. })));
+        e.block_manual(0, "198.51.100.0/24".parse().unwrap(), None, "x".into())
+            .unwrap();
+        assert_eq!(e.blocklist().list(0)[0].expires_in_secs, 3600);
+        e.unblock("198.51.100.0/24".parse().unwrap()).unwrap();
+        assert!(e.unblock("198.51.100.0/24".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! Everything that touches the kernel: loading the embedded programs, pinning their maps,
+//! attaching them to interfaces, and typed access to the maps.
+
+mod attach;
+mod counters;
+mod pins;
+mod store;
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, RingBuf},
+};
+use slammer_common::{names, scan::MAX_CODE};
+
+pub use self::{
+    attach::{AttachError, GateMode},
+    counters::{Counters, read_counters},
+    pins::{PinDir, PinError},
+    store::KernelStore,
+};
+
+/// The programs, built by `build.rs` and embedded so the binary is self-contained.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slammer"));
+
+/// Maps pinned under the pin dir, so blocks and counters outlive the daemon process.
+const PINNED_MAPS: [&str; 10] = [
+    names::BLOCK_V4,
+    names::BLOCK_V6,
+    names::PREFIX_V4,
+    names::PREFIX_V6,
+    names::GATE_CONFIG,
+    names::GATE_COUNTERS,
+    names::REPLY_COUNTERS,
+    names::SMTP_PORTS,
+    names::REPLY_CODES,
+    names::GREETINGS,
+];
+const CAPACITY_MAPS: [&str; 4] = [
+    names::BLOCK_V4,
+    names::BLOCK_V6,
+    names::PREFIX_V4,
+    names::PREFIX_V6,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot load the eBPF programs (kernel too old, or missing CAP_BPF/CAP_NET_ADMIN?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("cannot verify and load program {program}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {map} is missing from the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("map {map} has an unexpected type")]
+    MapType {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot write map {map}")]
+    MapWrite {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// What to load: where to pin, how large the blocklist may grow.
+pub struct LoadOptions<'a> {
+    pub pin_dir: &'a Path,
+    pub capacity: u32,
+}
+
+/// The loaded programs and their maps. Dropping it detaches the programs; the pinned maps stay.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pins: PinDir,
+    smtp_ports: HashMap<MapData, u16, u8>,
+    reply_codes: Array<MapData, u8>,
+}
+
+impl Kernel {
+    /// Loads the programs into the kernel, reusing maps already pinned in `pin_dir` (their
+    /// blocks survive a daemon restart) and pinning new ones.
+    pub fn load(options: &LoadOptions<'_>) -> Result<Self, KernelError> {
+        let pins = PinDir::lock(options.pin_dir)?;
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|&name| (name, pins.path().join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for name in CAPACITY_MAPS {
+            loader.map_max_entries(name, options.capacity);
+        }
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAMS).map_err(KernelError::Load)?;
+        attach::load_programs(&mut ebpf)?;
+        let smtp_ports = take_map(&mut ebpf, names::SMTP_PORTS)?;
+        let reply_codes = take_map(&mut ebpf, names::REPLY_CODES)?;
+        Ok(Self {
+            ebpf,
+            pins,
+            smtp_ports,
+            reply_codes,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// The loaded XDP gate, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn gate(&self) -> &aya::programs::Xdp {
+        self.ebpf
+            .program(names::GATE_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the embedded object has the XDP gate")
+    }
+
+    /// The loaded egress classifier.
+    pub fn classifier(&self) -> &aya::programs::SchedClassifier {
+        self.ebpf
+            .program(names::REPLIES_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the embedded object has the egress classifier")
+    }
+
+    /// Attaches the gate to the ingress and the classifier to the egress of `iface`.
+    pub fn attach(&mut self, iface: &str) -> Result<GateMode, KernelError> {
+        Ok(attach::attach(&mut self.ebpf, iface)?)
+    }
+
+    /// The blocklist maps, for the daemon's [`crate::blocklist::Blocklist`].
+    pub fn take_store(&mut self) -> Result<KernelStore, KernelError> {
+        Ok(KernelStore {
+            v4: take_map(&mut self.ebpf, names::BLOCK_V4)?,
+            v6: take_map(&mut self.ebpf, names::BLOCK_V6)?,
+            prefix_v4: take_map(&mut self.ebpf, names::PREFIX_V4)?,
+            prefix_v6: take_map(&mut self.ebpf, names::PREFIX_V6)?,
+            config: take_map(&mut self.ebpf, names::GATE_CONFIG)?,
+        })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        take_map(&mut self.ebpf, names::REPLY_EVENTS)
+    }
+
+    pub fn take_counters(&mut self) -> Result<Counters, KernelError> {
+        Ok(Counters {
+            gate: take_map(&mut self.ebpf, names::GATE_COUNTERS)?,
+            replies: take_map(&mut self.ebpf, names::REPLY_COUNTERS)?,
+        })
+    }
+
+    /// Sets the server ports whose replies are inspected.
+    pub fn set_smtp_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), KernelError> {
+        let write = |source| KernelError::MapWrite {
+            map: names::SMTP_PORTS,
+            source,
+        };
+        let stale: Vec<u16> = self
+            .smtp_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains(p))
+            .collect();
+        for port in ports {
+            self.smtp_ports.insert(port, 1, 0).map_err(write)?;
+        }
+        for port in stale {
+            self.smtp_ports.remove(&port).map_err(write)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the reply codes the classifier reports.
+    pub fn set_reply_codes(&mut self, codes: &BTreeSet<u16>) -> Result<(), KernelError> {
+        for code in 0..MAX_CODE {
+            let report = u8::from(u16::try_from(code).is_ok_and(|c| codes.contains(&c)));
+            self.reply_codes
+                .set(code, report, 0)
+                .map_err(|source| KernelError::MapWrite {
+                    map: names::REPLY_CODES,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(KernelError::MissingMap { map })?;
+    T::try_from(raw).map_err(|source| KernelError::MapType { map, source })
+}

@@ -1,0 +1,22 @@
+//! slammer: blocks SMTP dictionary attackers and relay probers in the kernel.
+//!
+//! A reply travels: the TC egress classifier (`slammer-ebpf`) -> ring buffer -> [`events`] ->
+//! [`rules`] -> [`tracker`] -> [`blocklist`] -> the maps the XDP gate reads. [`engine`] holds the
+//! pure decisions, [`daemon`] the I/O around them.
+
+pub mod addr;
+pub mod allow;
+pub mod blocklist;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod duration;
+pub mod engine;
+pub mod events;
+pub mod kernel;
+pub mod netinfo;
+pub mod reply_text;
+pub mod rules;
+pub mod tracker;
