@@ -25,6 +25,7 @@ use crate::{
     engine::{Engine, Outcome, Policy},
     events::{self, Event},
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
+    metrics::{self, Metrics, Snapshot},
     netinfo,
     rules::RuleSet,
     tracker::TrackerConfig,
@@ -93,6 +94,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     check_privileges()?;
     let socket = ControlSocket::bind(&settings.socket)?;
+    let metrics_listener = metrics::bind(settings.metrics).await?;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("cannot create state dir {}", settings.state_dir.display()))?;
 
@@ -128,10 +130,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let shared = Arc::clone(&shared);
         Arc::new(move |request| handle(&shared, request))
     };
+    let metrics = Metrics::new({
+        let shared = Arc::clone(&shared);
+        Arc::new(move || snapshot(&lock(&shared)))
+    });
+    let block_latency = metrics.block_latency.clone();
+    log::info!(
+        "metrics on http://{}/metrics",
+        metrics_listener.local_addr()?
+    );
     tokio::select! {
         () = shutdown => log::info!("shutting down"),
         () = socket.serve(handler) => {}
-        res = consume_events(ring, Arc::clone(&shared)) => res?,
+        () = metrics::serve(metrics_listener, Arc::new(Mutex::new(metrics))) => {}
+        res = consume_events(ring, Arc::clone(&shared), block_latency) => res?,
         () = sweep(Arc::clone(&shared)) => {}
     }
     // Dropping `kernel` detaches the programs; the pinned maps keep the blocks for next time.
@@ -172,7 +184,11 @@ fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>) {
     }
 }
 
-async fn consume_events(ring: RingBuf<MapData>, shared: Shared) -> anyhow::Result<()> {
+async fn consume_events(
+    ring: RingBuf<MapData>,
+    shared: Shared,
+    block_latency: prometheus_client::metrics::histogram::Histogram,
+) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
@@ -190,6 +206,9 @@ async fn consume_events(ring: RingBuf<MapData>, shared: Shared) -> anyhow::Resul
                 Ok(Event::Reply(reply)) => {
                     let outcome = state.engine.on_reply(&reply, clock::boot_ns());
                     drop(state);
+                    if let Outcome::Blocked(block) = &outcome {
+                        block_latency.observe(block.latency_ns as f64 / 1e9);
+                    }
                     report(&reply, outcome);
                 }
                 Ok(Event::TlsStarted {
@@ -305,6 +324,20 @@ fn handle(shared: &Shared, request: Request) -> Response {
                 json!({ "gate": gate, "replies": replies, "daemon": daemon }),
             ))
         }
+    }
+}
+
+fn snapshot(state: &State) -> Snapshot {
+    let (gate, replies) = read_counters(&state.counters);
+    let table = state.engine.blocklist().table();
+    let prefixes = table.count_prefixes(true) + table.count_prefixes(false);
+    Snapshot {
+        gate,
+        replies,
+        engine: state.engine.stats().clone(),
+        tracked_clients: state.engine.tracked_clients() as u64,
+        blocked_addresses: (table.len() - prefixes) as u64,
+        blocked_prefixes: prefixes as u64,
     }
 }
 

@@ -1,7 +1,7 @@
 //! From replies to blocks: the daemon's decisions, free of I/O so they are tested with a fake
 //! blocklist store. The daemon feeds it events and requests; it answers with what to do.
 
-use std::{net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, num::NonZeroUsize, time::Duration};
 
 use lru::LruCache;
 use serde::Serialize;
@@ -43,6 +43,10 @@ pub struct EngineStats {
     pub blocks_refused_full: u64,
     pub tls_sessions: u64,
     pub decode_errors: u64,
+    /// Replies received, by code.
+    pub replies_by_code: BTreeMap<u16, u64>,
+    /// Offenses, by the name of the rule that matched.
+    pub offenses_by_rule: BTreeMap<String, u64>,
 }
 
 /// Settings the engine applies; replaced as a whole on reload.
@@ -102,11 +106,19 @@ impl<S: BlockStore> Engine<S> {
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
+        *self.stats.replies_by_code.entry(reply.code).or_default() += 1;
         let Some(rule) = self.policy.rules.classify(reply.code, &reply.text) else {
             self.stats.unmatched += 1;
             return Outcome::NoOffense;
         };
         self.stats.offenses += 1;
+        if let Some(n) = self.stats.offenses_by_rule.get_mut(rule.name()) {
+            *n += 1;
+        } else {
+            self.stats
+                .offenses_by_rule
+                .insert(rule.name().to_owned(), 1);
+        }
         let client = reply.client;
         if self.policy.allow.contains(client) {
             self.stats.allowlisted_offenses += 1;

@@ -16,6 +16,7 @@ pub mod duration;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;
 pub mod rules;

@@ -24,15 +24,28 @@ const CONTINUE: u32 = u32::MAX;
 
 fn corpus() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/smtp-replies");
-    assert!(dir.is_dir(), "the reply corpus is missing at {}", dir.display());
+    assert!(
+        dir.is_dir(),
+        "the reply corpus is missing at {}",
+        dir.display()
+    );
     dir
 }
 
 /// Ethernet frames of a classic little-endian pcap file.
 fn pcap_frames(path: &PathBuf) -> Vec<Vec<u8>> {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "{} is not a little-endian pcap", path.display());
-    assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 1, "not Ethernet");
+    assert_eq!(
+        &data[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "{} is not a little-endian pcap",
+        path.display()
+    );
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "not Ethernet"
+    );
     let mut frames = Vec::new();
     let mut at = 24;
     while at + 16 <= data.len() {
@@ -81,21 +94,37 @@ fn replay(mta: &str) {
     tk.get().set_reply_codes(&codes).unwrap();
     let mut ring = tk.get().take_events().unwrap();
     let counters = tk.get().take_counters().unwrap();
-    let mut seen = Seen { rejections: BTreeMap::new(), tls_started: 0 };
+    let mut seen = Seen {
+        rejections: BTreeMap::new(),
+        tls_started: 0,
+    };
     for frame in pcap_frames(&corpus().join(format!("pcap/{mta}.pcap"))) {
-        let opts = TestRunOptions { data_in: Some(&frame), ..TestRunOptions::default() };
-        let ret = tk.get().classifier().test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        };
+        let ret = tk
+            .get()
+            .classifier()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value;
         assert_eq!(ret, CONTINUE);
         drain(&mut ring, &mut seen);
     }
     let mut expected: BTreeMap<(u16, String), usize> = BTreeMap::new();
     for (code, reply) in wire_replies(mta) {
         if codes.contains(&code) {
-            *expected.entry((code, reply_text(&reply, code))).or_default() += 1;
+            *expected
+                .entry((code, reply_text(&reply, code)))
+                .or_default() += 1;
         }
     }
     assert!(!expected.is_empty());
-    assert_eq!(seen.rejections, expected, "{mta}: reported rejections differ from the capture");
+    assert_eq!(
+        seen.rejections, expected,
+        "{mta}: reported rejections differ from the capture"
+    );
     assert_eq!(seen.tls_started, 1, "{mta}: one session said STARTTLS");
     let (_, replies) = read_counters(&counters);
     assert_eq!(replies["tls_sessions"], 1);
@@ -126,10 +155,24 @@ fn opensmtpd_replies() {
 /// Runs one server segment of flow 198.51.100.7:40000 <- :25 and returns the events.
 fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: &[u8]) -> Seen {
     let mut frame = ethernet(&[], ETH_P_IPV4);
-    frame.extend(ipv4([192, 0, 2, 1], [198, 51, 100, 7], &[], &tcp(25, 40000, seq, 0x18, payload)));
-    let opts = TestRunOptions { data_in: Some(&frame), ..TestRunOptions::default() };
-    tk.get().classifier().test_run(opts).expect("BPF_PROG_TEST_RUN");
-    let mut seen = Seen { rejections: BTreeMap::new(), tls_started: 0 };
+    frame.extend(ipv4(
+        [192, 0, 2, 1],
+        [198, 51, 100, 7],
+        &[],
+        &tcp(25, 40000, seq, 0x18, payload),
+    ));
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        ..TestRunOptions::default()
+    };
+    tk.get()
+        .classifier()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    let mut seen = Seen {
+        rejections: BTreeMap::new(),
+        tls_started: 0,
+    };
     drain(ring, &mut seen);
     seen
 }
@@ -137,7 +180,9 @@ fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: 
 fn loaded() -> (TestKernel, RingBuf<MapData>) {
     let mut tk = TestKernel::load();
     tk.get().set_smtp_ports(&[25].into()).unwrap();
-    tk.get().set_reply_codes(&RuleSet::defaults().codes()).unwrap();
+    tk.get()
+        .set_reply_codes(&RuleSet::defaults().codes())
+        .unwrap();
     let ring = tk.get().take_events().unwrap();
     (tk, ring)
 }
@@ -147,7 +192,11 @@ fn a_segment_starting_mid_line_reports_nothing_for_its_first_partial_line() {
     let (mut tk, mut ring) = loaded();
     // A long 250 reply split so that the second segment begins with text that looks like a code.
     let first = b"250-mx.test Hello 550 x\r\n250-a long line that goes on ";
-    assert!(segment(&mut tk, &mut ring, 1000, first).rejections.is_empty());
+    assert!(
+        segment(&mut tk, &mut ring, 1000, first)
+            .rejections
+            .is_empty()
+    );
     let second = b"550 5.1.1 User unknown in the middle\r\n550 5.1.1 <a@b>: User unknown\r\n";
     let seen = segment(&mut tk, &mut ring, 1000 + first.len() as u32, second);
     let texts: Vec<&String> = seen.rejections.keys().map(|(_, t)| t).collect();
@@ -159,7 +208,9 @@ fn lines_past_the_scan_window_are_not_read_but_the_first_window_is() {
     let (mut tk, mut ring) = loaded();
     let mut payload = Vec::new();
     for _ in 0..40 {
-        payload.extend_from_slice(b"550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown\r\n");
+        payload.extend_from_slice(
+            b"550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown\r\n",
+        );
     }
     let seen = segment(&mut tk, &mut ring, 5000, &payload);
     let reported: usize = seen.rejections.values().sum();
@@ -173,10 +224,24 @@ fn client_commands_never_count() {
     let (mut tk, mut ring) = loaded();
     let mut frame = ethernet(&[], ETH_P_IPV4);
     let body = b"550 5.1.1 <a@b>: Recipient address rejected: User unknown\r\n554 5.7.1 Relay access denied\r\n";
-    frame.extend(ipv4([198, 51, 100, 7], [192, 0, 2, 1], &[], &tcp(40000, 25, 1, 0x18, body)));
-    let opts = TestRunOptions { data_in: Some(&frame), ..TestRunOptions::default() };
-    tk.get().classifier().test_run(opts).expect("BPF_PROG_TEST_RUN");
-    let mut seen = Seen { rejections: BTreeMap::new(), tls_started: 0 };
+    frame.extend(ipv4(
+        [198, 51, 100, 7],
+        [192, 0, 2, 1],
+        &[],
+        &tcp(40000, 25, 1, 0x18, body),
+    ));
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        ..TestRunOptions::default()
+    };
+    tk.get()
+        .classifier()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    let mut seen = Seen {
+        rejections: BTreeMap::new(),
+        tls_started: 0,
+    };
     drain(&mut ring, &mut seen);
     assert!(seen.rejections.is_empty());
 }

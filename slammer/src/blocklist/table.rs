@@ -58,6 +58,13 @@ pub struct Block {
 pub struct BlockTable {
     blocks: HashMap<Target, Block>,
     by_expiry: BTreeSet<(u64, Target)>,
+    /// Prefix blocks per family (IPv4, IPv6), kept as blocks come and go.
+    prefixes: [usize; 2],
+}
+
+/// Index into [`BlockTable::prefixes`], or `None` for an address.
+fn prefix_slot(target: &Target) -> Option<usize> {
+    matches!(target, Target::Prefix(_)).then(|| usize::from(!target.is_v4()))
 }
 
 impl BlockTable {
@@ -77,6 +84,11 @@ impl BlockTable {
     pub fn insert(&mut self, target: Target, block: Block) -> Option<Block> {
         self.by_expiry.insert((block.expires_at_ns, target));
         let previous = self.blocks.insert(target, block);
+        if previous.is_none()
+            && let Some(slot) = prefix_slot(&target)
+        {
+            self.prefixes[slot] += 1;
+        }
         if let Some(prev) = &previous {
             self.by_expiry.remove(&(prev.expires_at_ns, target));
             // Re-insert in case the old and new expiry were equal and the removal took ours.
@@ -89,6 +101,9 @@ impl BlockTable {
     pub fn remove(&mut self, target: &Target) -> Option<Block> {
         let block = self.blocks.remove(target)?;
         self.by_expiry.remove(&(block.expires_at_ns, *target));
+        if let Some(slot) = prefix_slot(target) {
+            self.prefixes[slot] -= 1;
+        }
         Some(block)
     }
 
@@ -99,8 +114,7 @@ impl BlockTable {
             if at > now_ns {
                 break;
             }
-            self.by_expiry.pop_first();
-            if let Some(block) = self.blocks.remove(&target) {
+            if let Some(block) = self.remove(&target) {
                 expired.push((target, block));
             }
         }
@@ -189,7 +203,15 @@ mod tests {
         table.insert(t("198.51.100.0/24"), block(1));
         table.insert(t("2001:db8::/64"), block(1));
         table.insert(t("192.0.2.1"), block(1));
+        table.insert(t("192.0.2.0/24"), block(5));
         assert_eq!(table.count_prefixes(true), 2);
         assert_eq!(table.count_prefixes(false), 1);
+        table.remove(&t("198.51.100.0/24"));
+        assert_eq!(table.count_prefixes(true), 1);
+        table.take_expired(1);
+        assert_eq!(
+            (table.count_prefixes(true), table.count_prefixes(false)),
+            (1, 0)
+        );
     }
 }

@@ -11,7 +11,7 @@ use super::protocol::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the slammer daemon at {path} ({source}); is `slammer run` running?")]
+    #[error("cannot reach the slammer daemon at {path}; is `slammer run` running?")]
     Unreachable {
         path: PathBuf,
         #[source]
