@@ -1,0 +1,400 @@
+//! The `slammer` binary: the daemon (`slammer run`, started in the mx namespace with `nsenter`)
+//! and its CLI clients.
+
+use std::{
+    fs::{self, File},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{
+    command::{COMMAND_TIMEOUT, describe, output_within},
+    netns::Topology,
+    poll::POLL_INTERVAL,
+};
+
+/// How long the daemon may take to load, attach and open its control socket.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the daemon may take to exit after `SIGTERM` before it gets `SIGKILL`.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `$SLAMMER_BIN`, else `<workspace>/target/debug/slammer`; panics if it does not exist.
+pub fn slammer_bin() -> PathBuf {
+    let path = std::env::var_os("SLAMMER_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/slammer"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "slammer binary not found at {}: run the integration tests with `cargo xtask test` (it builds \
+         slammer and sets SLAMMER_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Detection settings for `slammer run`.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub threshold: u32,
+    pub window: String,
+    pub ttl: String,
+    /// Extra arguments appended to `slammer run` (e.g. `--allow CIDR`).
+    pub extra: Vec<String>,
+}
+
+impl Default for DaemonConfig {
+    /// A low threshold keeps the detection tests fast; the TTL outlives every test.
+    fn default() -> Self {
+        DaemonConfig {
+            threshold: 5,
+            window: "10m".into(),
+            ttl: "1h".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Where one daemon keeps its things: all unique per daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonPaths {
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonPaths {
+    /// Fresh paths for a daemon called `tag` in `topo` (socket, state and log in the test's
+    /// scratch directory; pins in `/sys/fs/bpf/slt<id><tag>`).
+    pub fn new(topo: &Topology, tag: &str) -> DaemonPaths {
+        let dir = topo.dir.subdir(&format!("daemon-{tag}"));
+        let state_dir = dir.join("state");
+        fs::create_dir_all(&state_dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", state_dir.display()));
+        DaemonPaths {
+            socket: dir.join("slammer.sock"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/slt{}{tag}", topo.id)),
+            state_dir,
+            log: dir.join("daemon.log"),
+        }
+    }
+}
+
+/// A `slammer run` process that we started. Drop sends SIGTERM (SIGKILL after
+/// [`STOP_TIMEOUT`]), removes its pin dir if it owns it, and prints its log if the test failed.
+pub struct Daemon {
+    child: Child,
+    pub paths: DaemonPaths,
+    owns_pin_dir: bool,
+    exit: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// Starts the daemon in mx on the mx end of the veth and waits until it answers `stats`.
+    pub fn start(topo: &Topology, cfg: &DaemonConfig) -> Daemon {
+        let mut daemon =
+            Daemon::spawn(topo, &[&topo.mx_if], DaemonPaths::new(topo, "d"), cfg, true);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Spawns `nsenter --net=<mx> slammer run --iface .. --socket .. ...` without waiting.
+    /// `owns_pin_dir`: whether drop removes `paths.pin_dir` (false when it belongs to another daemon).
+    pub fn spawn(
+        topo: &Topology,
+        ifaces: &[&str],
+        paths: DaemonPaths,
+        cfg: &DaemonConfig,
+        owns_pin_dir: bool,
+    ) -> Daemon {
+        let log = File::create(&paths.log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", paths.log.display()));
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", topo.mx.path().display()))
+            .arg(slammer_bin())
+            .arg("run");
+        for iface in ifaces {
+            cmd.args(["--iface", iface]);
+        }
+        cmd.arg("--socket")
+            .arg(&paths.socket)
+            .arg("--pin-dir")
+            .arg(&paths.pin_dir)
+            .arg("--state-dir")
+            .arg(&paths.state_dir)
+            .args(["--metrics", "127.0.0.1:0"])
+            .args(["--threshold", &cfg.threshold.to_string()])
+            .args(["--window", &cfg.window])
+            .args(["--ttl", &cfg.ttl])
+            .args(&cfg.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("SLAMMER_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe(&cmd)));
+        Daemon {
+            child,
+            paths,
+            owns_pin_dir,
+            exit: None,
+        }
+    }
+
+    /// Polls `slammer stats` until it exits 0; panics (with the log) if the daemon exits first or
+    /// is not ready within [`READY_TIMEOUT`].
+    pub fn wait_ready(&mut self) {
+        let start = Instant::now();
+        let cli = self.cli();
+        loop {
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "slammer run exited ({status}) before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            if cli.run(&["stats"]).status.success() {
+                eprintln!(
+                    "daemon ready after {:.3}s (pid {})",
+                    start.elapsed().as_secs_f64(),
+                    self.child.id()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "slammer run was not ready within {READY_TIMEOUT:?} (`slammer stats` kept failing); log:\n{}",
+                self.log()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits (bounded) for a daemon that is expected to fail; returns its status and log.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return (status, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slammer run was expected to exit but still runs after {timeout:?}; log:\n{}",
+                self.log()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("waiting for slammer run: {e}"));
+        }
+        self.exit
+    }
+
+    /// Everything the daemon wrote to stdout/stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.paths.log)
+            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.paths.log.display()))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A CLI client for this daemon's socket.
+    pub fn cli(&self) -> Cli {
+        Cli::new(&self.paths.socket)
+    }
+
+    fn stop(&mut self) -> Option<(ExitStatus, Duration)> {
+        if let Some(status) = self.try_exit() {
+            return Some((status, Duration::ZERO));
+        }
+        let start = Instant::now();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on the PID of our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        while start.elapsed() < STOP_TIMEOUT {
+            if let Some(status) = self.try_exit() {
+                return Some((status, start.elapsed()));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!(
+            "warning: slammer run (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL"
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let was_running = self.exit.is_none();
+        let stopped = self.stop();
+        if was_running {
+            match stopped {
+                Some((status, took)) => eprintln!(
+                    "daemon (pid {}) exited {status} {:.3}s after SIGTERM",
+                    self.child.id(),
+                    took.as_secs_f64()
+                ),
+                None => eprintln!("daemon (pid {}) had to be killed", self.child.id()),
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "---- slammer daemon log ({}) ----\n{}---- end of daemon log ----",
+                self.paths.log.display(),
+                self.log()
+            );
+        }
+        if self.owns_pin_dir
+            && self.paths.pin_dir.exists()
+            && let Err(e) = fs::remove_dir_all(&self.paths.pin_dir)
+        {
+            eprintln!(
+                "warning: removing pin dir {}: {e}",
+                self.paths.pin_dir.display()
+            );
+        }
+    }
+}
+
+/// One row of `slammer list --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BlockEntry {
+    pub addr: String,
+    pub expires_in_secs: f64,
+    pub reason: String,
+    pub source: String,
+    pub dropped_packets: u64,
+}
+
+impl BlockEntry {
+    /// Whether this entry is `target` (`ADDR` or `ADDR/PREFIX`; `a/32` equals `a`).
+    pub fn is(&self, target: &str) -> bool {
+        match (parse_net(&self.addr), parse_net(target)) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.addr == target,
+        }
+    }
+}
+
+fn parse_net(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((addr, len))
+}
+
+/// `slammer stats --json`.
+#[derive(Clone, Debug)]
+pub struct Stats(pub Value);
+
+impl Stats {
+    /// A counter by dotted path (`"daemon.offenses"`); panics if it is missing or not a number.
+    pub fn get(&self, path: &str) -> u64 {
+        path.split('.')
+            .try_fold(&self.0, |v, key| v.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("`slammer stats --json` has no counter {path}: {}", self.0))
+    }
+}
+
+/// The CLI (`slammer <subcommand> --socket PATH ...`). Every call is bounded.
+#[derive(Clone, Debug)]
+pub struct Cli {
+    bin: PathBuf,
+    socket: PathBuf,
+}
+
+impl Cli {
+    pub fn new(socket: &Path) -> Cli {
+        Cli {
+            bin: slammer_bin(),
+            socket: socket.to_owned(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs `slammer <args...> --socket PATH` and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("SLAMMER_SOCKET");
+        output_within(&mut cmd, COMMAND_TIMEOUT)
+    }
+
+    /// Like [`Cli::run`] but panics unless it exits 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`slammer {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn block(&self, target: &str, extra: &[&str]) {
+        let mut args = vec!["block", target];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    pub fn unblock(&self, target: &str) {
+        self.ok(&["unblock", target]);
+    }
+
+    pub fn list(&self) -> Vec<BlockEntry> {
+        let out = self.ok(&["list", "--json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("`slammer list --json` printed invalid JSON ({e}): {out}"))
+    }
+
+    /// The entry for `target`, if listed.
+    pub fn entry(&self, target: &str) -> Option<BlockEntry> {
+        self.list().into_iter().find(|e| e.is(target))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let out = self.ok(&["stats", "--json"]);
+        Stats(
+            serde_json::from_str(&out).unwrap_or_else(|e| {
+                panic!("`slammer stats --json` printed invalid JSON ({e}): {out}")
+            }),
+        )
+    }
+}
