@@ -62,8 +62,9 @@ impl Default for Settings {
     }
 }
 
-/// The config file as written; every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
+/// The config file as written; every key optional, unknown keys refused. Command-line flags
+/// are gathered into one of these too and applied over the file.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub interfaces: Option<Vec<String>>,
@@ -106,6 +107,32 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    #[error("invalid reply rules")]
+    Rules(#[source] crate::rules::RuleError),
+}
+
+/// Where settings come from, kept by the daemon so a reload rebuilds them the same way.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Named explicitly (`--config`), so it must exist.
+    pub required: bool,
+    /// The command-line flags, applied over the file.
+    pub flags: FileConfig,
+    /// `--allow` flags, added to the file's allowlist.
+    pub extra_allow: Vec<IpNet>,
+}
+
+impl ConfigSource {
+    /// Defaults, then the file, then the flags; validated.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::default();
+        FileConfig::load(&self.path, self.required)?.apply(&mut settings);
+        self.flags.clone().apply(&mut settings);
+        settings.allow.extend(self.extra_allow.iter().copied());
+        settings.validate()?;
+        Ok(settings)
+    }
 }
 
 impl FileConfig {
@@ -175,7 +202,34 @@ impl Settings {
         if let Some(n) = self.allow.iter().find(|n| n.prefix_len() == 0) {
             return invalid("allow", n.to_string(), "would never block anyone");
         }
+        if let Some(specs) = &self.rules {
+            crate::rules::RuleSet::from_specs(specs).map_err(ConfigError::Rules)?;
+        }
         Ok(())
+    }
+
+    /// Settings a reload cannot change (they shape what is bound, loaded and attached).
+    pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.interfaces != new.interfaces {
+            changed.push("interfaces");
+        }
+        if self.socket != new.socket {
+            changed.push("socket");
+        }
+        if self.state_dir != new.state_dir {
+            changed.push("state_dir");
+        }
+        if self.pin_dir != new.pin_dir {
+            changed.push("pin_dir");
+        }
+        if self.metrics != new.metrics {
+            changed.push("metrics");
+        }
+        if self.capacity != new.capacity {
+            changed.push("capacity");
+        }
+        changed
     }
 }
 

@@ -15,9 +15,9 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     addr::Target,
     allow::Allowlist,
-    blocklist::{BlockError, Blocklist},
+    blocklist::{Block, BlockError, Blocklist, Source},
     clock,
-    config::Settings,
+    config::{ConfigSource, Settings},
     control::{
         protocol::{ErrorKind, Request, Response},
         server::{ControlSocket, Handler},
@@ -28,6 +28,7 @@ use crate::{
     metrics::{self, Metrics, Snapshot},
     netinfo,
     rules::RuleSet,
+    state::{self, SavedBlock, State},
     tracker::TrackerConfig,
 };
 
@@ -35,14 +36,18 @@ use crate::{
 /// the sweep only frees the entry.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
-struct State {
+struct Inner {
     engine: Engine<KernelStore>,
     counters: Counters,
+    kernel: Kernel,
+    /// Where the settings came from, and what they are now.
+    source: ConfigSource,
+    settings: Settings,
 }
 
-type Shared = Arc<Mutex<State>>;
+type Shared = Arc<Mutex<Inner>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
     // A panic while holding the lock leaves consistent data behind (each step is atomic).
     shared
         .lock()
@@ -76,7 +81,11 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
 }
 
 /// Runs the daemon until `shutdown` resolves. Nothing is attached unless every check passed.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    source: ConfigSource,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     settings.validate()?;
     let policy = policy(&settings)?;
     let interfaces = if settings.interfaces.is_empty() {
@@ -113,9 +122,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let counters = kernel.take_counters()?;
 
     let mut blocklist = Blocklist::new(store, settings.capacity);
-    adopt_pinned(&mut blocklist);
+    let saved = load_state(&settings.state_dir);
+    if kernel.fresh_maps() {
+        restore_saved(&mut blocklist, &saved);
+    } else {
+        adopt_pinned(&mut blocklist, &saved);
+    }
     let engine = Engine::new(blocklist, policy)?;
-    let shared: Shared = Arc::new(Mutex::new(State { engine, counters }));
+    let state_dir = settings.state_dir.clone();
+    let shared: Shared = Arc::new(Mutex::new(Inner {
+        engine,
+        counters,
+        kernel,
+        source,
+        settings: settings.clone(),
+    }));
     log::info!(
         "slammer running on {} (SMTP ports {:?}, threshold {} in {}, TTL {}), control socket {}",
         interfaces.join(", "),
@@ -145,9 +166,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         () = metrics::serve(metrics_listener, Arc::new(Mutex::new(metrics))) => {}
         res = consume_events(ring, Arc::clone(&shared), block_latency) => res?,
         () = sweep(Arc::clone(&shared)) => {}
+        () = persist(Arc::clone(&shared), state_dir.clone()) => {}
+        () = reload_on_sighup(Arc::clone(&shared)) => {}
     }
-    // Dropping `kernel` detaches the programs; the pinned maps keep the blocks for next time.
-    drop(kernel);
+    // The final word on disk. The links and maps are pinned: enforcement goes on without the
+    // daemon (`slammer detach` turns it off).
+    let final_state = saved_state(&lock(&shared).engine);
+    if let Err(err) = state::save(&state_dir, &final_state) {
+        log::error!("{:#}", anyhow::Error::from(err));
+    }
     Ok(())
 }
 
@@ -159,28 +186,119 @@ fn check_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks left in pinned maps by a previous daemon are enforced already; index them.
-fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>) {
+fn load_state(dir: &std::path::Path) -> State {
+    match state::load(dir) {
+        state::Loaded::Missing => State::default(),
+        state::Loaded::Ok(saved) => saved,
+        state::Loaded::Corrupt { why, kept_at } => {
+            log::error!(
+                "state file {} is unreadable ({why}); kept aside as {}; starting without it",
+                dir.join(state::FILE_NAME).display(),
+                kept_at.map_or_else(
+                    || "(could not move it)".to_owned(),
+                    |p| p.display().to_string()
+                )
+            );
+            State::default()
+        }
+    }
+}
+
+/// Blocks left in pinned maps by a previous daemon are enforced already; index them, with their
+/// reasons from the state file where it has them. Expired leftovers are indexed too, as due, so
+/// the first sweep removes them.
+fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
+    let reasons: std::collections::HashMap<Target, &str> = saved
+        .blocks
+        .iter()
+        .map(|b| (b.target, b.reason.as_str()))
+        .collect();
     let now = clock::boot_ns();
     let mut adopted = 0;
     for (target, entry) in blocklist.store().entries() {
-        if entry.expires_at_ns > now {
-            blocklist.adopt(target, &entry, "kept from the previous run".to_owned());
-            adopted += 1;
-        }
-    }
-    // Expired leftovers are removed by the first sweep once indexed; index them as due now.
-    let expired: Vec<_> = blocklist
-        .store()
-        .entries()
-        .into_iter()
-        .filter(|(_, e)| e.expires_at_ns <= now)
-        .collect();
-    for (target, entry) in expired {
-        blocklist.adopt(target, &entry, String::new());
+        adopted += usize::from(entry.expires_at_ns > now);
+        let reason = reasons
+            .get(&target)
+            .map_or("kept from the previous run", |r| r)
+            .to_owned();
+        blocklist.adopt(target, &entry, reason);
     }
     if adopted > 0 {
         log::info!("adopted {adopted} blocks from the pinned maps");
+    }
+}
+
+/// After a reboot (or with maps of an incompatible build) the state file is all there is.
+fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
+    let now = clock::boot_ns();
+    let now_ms = state::unix_ms(std::time::SystemTime::now());
+    let mut restored = 0;
+    for block in &saved.blocks {
+        let Some(left_ms) = block
+            .expires_at_unix_ms
+            .checked_sub(now_ms)
+            .filter(|&ms| ms > 0)
+        else {
+            continue;
+        };
+        let expires_at_ns = now.saturating_add(left_ms.saturating_mul(1_000_000));
+        let restored_block = Block {
+            expires_at_ns,
+            source: Source::Restored,
+            reason: block.reason.clone(),
+        };
+        match blocklist.insert(block.target, restored_block) {
+            Ok(()) => restored += 1,
+            Err(err) => log::error!("cannot restore the block of {}: {err}", block.target),
+        }
+    }
+    if restored > 0 {
+        log::info!("restored {restored} blocks from the state file");
+    }
+}
+
+/// The blocklist as the state file holds it.
+fn saved_state(engine: &Engine<KernelStore>) -> State {
+    let (now, now_wall) = (clock::boot_ns(), std::time::SystemTime::now());
+    let blocks = engine
+        .blocklist()
+        .table()
+        .iter()
+        .map(|(target, block)| SavedBlock {
+            target: *target,
+            expires_at_unix_ms: state::unix_ms(clock::to_wall(block.expires_at_ns, now, now_wall)),
+            source: block.source,
+            reason: block.reason.clone(),
+        })
+        .collect();
+    State::new(blocks)
+}
+
+/// Rewrites the state file at most once a second, when the blocklist changed.
+async fn persist(shared: Shared, dir: std::path::PathBuf) {
+    let mut saved_version = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = {
+            let inner = lock(&shared);
+            let version = inner.engine.blocklist().version();
+            if saved_version == Some(version) {
+                continue;
+            }
+            saved_version = Some(version);
+            saved_state(&inner.engine)
+        };
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || state::save(&dir, &snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                log::error!("{:#}", anyhow::Error::from(err));
+                saved_version = None;
+            }
+            Err(err) => log::error!("state writer failed: {err}"),
+        }
     }
 }
 
@@ -252,6 +370,75 @@ fn report(reply: &events::Reply, outcome: Outcome) {
     }
 }
 
+async fn reload_on_sighup(shared: Shared) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        log::warn!("cannot listen for SIGHUP; use `slammer reload`");
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        let shared = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || reload(&shared)).await;
+    }
+}
+
+/// Re-reads the configuration and applies rules, thresholds, window, TTL, allowlist, ports and
+/// codes. An invalid configuration changes nothing.
+fn reload(shared: &Shared) -> Result<String, String> {
+    let mut inner = lock(shared);
+    let loaded = inner
+        .source
+        .load()
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+    let applied = loaded.and_then(|new| {
+        let policy = policy(&new).map_err(|e| format!("{e:#}"))?;
+        let codes = policy.rules.codes();
+        inner
+            .kernel
+            .set_smtp_ports(&new.smtp_ports)
+            .map_err(|e| format!("{e:#}"))?;
+        inner
+            .kernel
+            .set_reply_codes(&codes)
+            .map_err(|e| format!("{e:#}"))?;
+        inner.engine.set_policy(policy).map_err(|e| e.to_string())?;
+        let restart_only = inner.settings.restart_only_changes(&new);
+        let mut message = format!(
+            "reloaded {}: threshold {} in {}, TTL {}, SMTP ports {:?}, {} rules",
+            inner.source.path.display(),
+            new.threshold,
+            crate::duration::format(new.window),
+            crate::duration::format(new.ttl),
+            new.smtp_ports,
+            inner.engine.policy().rules.rules().len()
+        );
+        if !restart_only.is_empty() {
+            message.push_str(&format!(
+                "; needs a restart to change: {}",
+                restart_only.join(", ")
+            ));
+        }
+        // Keep the running values of what only a restart changes.
+        let mut kept = new;
+        for key in restart_only {
+            match key {
+                "interfaces" => kept.interfaces.clone_from(&inner.settings.interfaces),
+                "socket" => kept.socket.clone_from(&inner.settings.socket),
+                "state_dir" => kept.state_dir.clone_from(&inner.settings.state_dir),
+                "pin_dir" => kept.pin_dir.clone_from(&inner.settings.pin_dir),
+                "metrics" => kept.metrics = inner.settings.metrics,
+                _ => kept.capacity = inner.settings.capacity,
+            }
+        }
+        inner.settings = kept;
+        Ok(message)
+    });
+    match &applied {
+        Ok(message) => log::info!("{message}"),
+        Err(err) => log::error!("reload refused, keeping the running configuration: {err}"),
+    }
+    applied
+}
+
 async fn sweep(shared: Shared) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -311,6 +498,10 @@ fn handle(shared: &Shared, request: Request) -> Response {
             let list = lock(shared).engine.blocklist().list(clock::boot_ns());
             Response::ok(Some(serde_json::to_value(list).expect("plain data")))
         }
+        Request::Reload => match reload(shared) {
+            Ok(message) => Response::ok(Some(json!(message))),
+            Err(err) => Response::error(ErrorKind::BadRequest, format!("reload refused: {err}")),
+        },
         Request::Stats => {
             let state = lock(shared);
             let (gate, replies) = read_counters(&state.counters);
@@ -327,7 +518,7 @@ fn handle(shared: &Shared, request: Request) -> Response {
     }
 }
 
-fn snapshot(state: &State) -> Snapshot {
+fn snapshot(state: &Inner) -> Snapshot {
     let (gate, replies) = read_counters(&state.counters);
     let table = state.engine.blocklist().table();
     let prefixes = table.count_prefixes(true) + table.count_prefixes(false);

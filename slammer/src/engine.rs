@@ -168,6 +168,14 @@ impl<S: BlockStore> Engine<S> {
         }
     }
 
+    /// Replaces rules, allowlist, counting and TTL; offense history is kept (trimmed to the new
+    /// bounds) and existing blocks keep their TTLs.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), TrackerError> {
+        self.tracker.set_config(policy.tracker)?;
+        self.policy = policy;
+        Ok(())
+    }
+
     /// A reply whose first byte is not past the last one seen on its connection was sent before.
     fn is_retransmission(&mut self, reply: &Reply) -> bool {
         let key = (reply.client, reply.client_port, reply.server_port);

@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;
 pub mod rules;
+pub mod state;
 pub mod tracker;

@@ -69,6 +69,8 @@ pub struct Blocklist<S> {
     store: S,
     capacity: u32,
     refused_full: u64,
+    /// Bumped on every change, so the state file is rewritten only when something changed.
+    version: u64,
 }
 
 impl<S: BlockStore> Blocklist<S> {
@@ -78,6 +80,7 @@ impl<S: BlockStore> Blocklist<S> {
             store,
             capacity,
             refused_full: 0,
+            version: 0,
         }
     }
 
@@ -122,6 +125,7 @@ impl<S: BlockStore> Blocklist<S> {
         }
         let is_prefix = matches!(target, Target::Prefix(_));
         self.table.insert(target, block);
+        self.version += 1;
         if is_prefix {
             self.sync_prefix_counts()
                 .map_err(|source| BlockError::Store { target, source })?;
@@ -137,6 +141,7 @@ impl<S: BlockStore> Blocklist<S> {
             .delete(&target)
             .map_err(|source| BlockError::Store { target, source })?;
         let block = self.table.remove(&target).expect("checked above");
+        self.version += 1;
         if matches!(target, Target::Prefix(_)) {
             self.sync_prefix_counts()
                 .map_err(|source| BlockError::Store { target, source })?;
@@ -166,6 +171,9 @@ impl<S: BlockStore> Blocklist<S> {
                     self.table.insert(target, retry);
                 }
             }
+        }
+        if !removed.is_empty() {
+            self.version += 1;
         }
         if prefixes_changed && let Err(err) = self.sync_prefix_counts() {
             log::warn!("cannot update the prefix counts of the gate: {err}");
@@ -222,6 +230,11 @@ impl<S: BlockStore> Blocklist<S> {
 
     pub fn table(&self) -> &BlockTable {
         &self.table
+    }
+
+    /// Changes so far; equal versions mean equal contents.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn refused_full(&self) -> u64 {

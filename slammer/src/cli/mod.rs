@@ -1,7 +1,10 @@
 //! The command line: `slammer run | block | unblock | list | stats | test-pattern`.
 
 mod block;
+mod check_config;
+mod detach;
 mod list;
+mod reload;
 mod run;
 mod stats;
 mod test_pattern;
@@ -37,6 +40,12 @@ enum Command {
     Stats(stats::Args),
     /// Show whether reply lines count as offenses under the rules.
     TestPattern(test_pattern::Args),
+    /// Re-read the configuration of the running daemon (like SIGHUP).
+    Reload(reload::Args),
+    /// Validate a configuration file without running anything.
+    CheckConfig(check_config::Args),
+    /// Turn slammer off: remove its pinned programs, links and maps.
+    Detach(detach::Args),
 }
 
 /// `--socket`, shared by every client subcommand.
@@ -81,6 +90,9 @@ pub fn main() -> ExitCode {
         Command::List(args) => list::list(&args),
         Command::Stats(args) => stats::stats(&args),
         Command::TestPattern(args) => test_pattern::test_pattern(&args),
+        Command::Reload(args) => reload::reload(&args),
+        Command::CheckConfig(args) => check_config::check_config(&args),
+        Command::Detach(args) => detach::detach(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

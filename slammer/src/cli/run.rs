@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use ipnet::IpNet;
 
 use crate::{
-    config::{DEFAULT_CONFIG, FileConfig, Settings},
+    config::{ConfigSource, DEFAULT_CONFIG, FileConfig},
     daemon, duration,
 };
 
@@ -58,43 +58,42 @@ fn parse_allow(value: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("invalid address or prefix {value:?}"))
 }
 
-/// Defaults, then the config file, then the flags.
-fn settings(args: Args) -> Result<Settings, Failure> {
-    let mut settings = Settings::default();
-    let (path, required) = match &args.config {
-        Some(path) => (path.clone(), true),
+/// Where the daemon's settings come from: the config file and these flags over it.
+fn source(args: Args) -> ConfigSource {
+    let (path, required) = match args.config {
+        Some(path) => (path, true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
-    FileConfig::load(&path, required)
-        .map_err(Failure::usage)?
-        .apply(&mut settings);
-    if !args.interfaces.is_empty() {
-        settings.interfaces = args.interfaces;
+    let flags = FileConfig {
+        interfaces: (!args.interfaces.is_empty()).then_some(args.interfaces),
+        smtp_ports: (!args.smtp_ports.is_empty()).then_some(args.smtp_ports),
+        threshold: args.threshold,
+        window: args.window,
+        ttl: args.ttl,
+        capacity: args.capacity,
+        socket: args.socket,
+        state_dir: args.state_dir,
+        pin_dir: args.pin_dir,
+        metrics: args.metrics,
+        ..FileConfig::default()
+    };
+    ConfigSource {
+        path,
+        required,
+        flags,
+        extra_allow: args.allow,
     }
-    if !args.smtp_ports.is_empty() {
-        settings.smtp_ports = args.smtp_ports.into_iter().collect();
-    }
-    if !args.allow.is_empty() {
-        settings.allow.extend(args.allow);
-    }
-    macro_rules! flag {
-        ($($field:ident),*) => { $( if let Some(v) = args.$field { settings.$field = v; } )* };
-    }
-    flag!(
-        socket, state_dir, pin_dir, metrics, threshold, window, ttl, capacity
-    );
-    settings.validate().map_err(Failure::usage)?;
-    Ok(settings)
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let settings = settings(args)?;
+    let source = source(args);
+    let settings = source.load().map_err(Failure::usage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(settings, shutdown_signal()))?;
+    runtime.block_on(daemon::run(source, settings, shutdown_signal()))?;
     Ok(())
 }
 

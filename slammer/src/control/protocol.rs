@@ -18,6 +18,8 @@ pub enum Request {
     },
     List,
     Stats,
+    /// Re-read the configuration and apply what can change without a restart.
+    Reload,
 }
 
 /// Why a request failed; the CLI maps `BadRequest` to exit code 2, the rest to 1.

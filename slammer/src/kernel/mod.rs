@@ -18,7 +18,7 @@ use aya::{
 use slammer_common::{names, scan::MAX_CODE};
 
 pub use self::{
-    attach::{AttachError, GateMode},
+    attach::{AttachError, GateMode, Unpinned},
     counters::{Counters, read_counters},
     pins::{PinDir, PinError},
     store::KernelStore,
@@ -51,6 +51,14 @@ const CAPACITY_MAPS: [&str; 4] = [
 pub enum KernelError {
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error("cannot replace the incompatible pinned map {path}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the embedded eBPF object is unreadable")]
+    Object(#[source] aya_obj::ParseError),
     #[error("cannot load the eBPF programs (kernel too old, or missing CAP_BPF/CAP_NET_ADMIN?)")]
     Load(#[source] aya::EbpfError),
     #[error("cannot verify and load program {program}")]
@@ -83,12 +91,17 @@ pub struct LoadOptions<'a> {
     pub capacity: u32,
 }
 
-/// The loaded programs and their maps. Dropping it detaches the programs; the pinned maps stay.
+/// The loaded programs and their maps. The links and maps are pinned, so dropping this (or the
+/// daemon dying) leaves enforcement in place; [`detach`] turns everything off.
 pub struct Kernel {
     ebpf: Ebpf,
     pins: PinDir,
     smtp_ports: HashMap<MapData, u16, u8>,
     reply_codes: Array<MapData, u8>,
+    /// Whether the blocklist maps were created now (nothing pinned, or incompatible pins).
+    fresh_maps: bool,
+    /// Attachments that could not be pinned; they end with this value.
+    unpinned: Vec<Unpinned>,
 }
 
 impl Kernel {
@@ -96,6 +109,7 @@ impl Kernel {
     /// blocks survive a daemon restart) and pinning new ones.
     pub fn load(options: &LoadOptions<'_>) -> Result<Self, KernelError> {
         let pins = PinDir::lock(options.pin_dir)?;
+        let fresh_maps = replace_incompatible_pins(pins.path(), options.capacity)?;
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
             .iter()
             .map(|&name| (name, pins.path().join(name)))
@@ -116,7 +130,15 @@ impl Kernel {
             pins,
             smtp_ports,
             reply_codes,
+            fresh_maps,
+            unpinned: Vec::new(),
         })
+    }
+
+    /// Whether the blocklist maps are new: nothing was pinned, or what was pinned did not fit
+    /// this build (then the state file is the only record of the blocks).
+    pub fn fresh_maps(&self) -> bool {
+        self.fresh_maps
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -139,9 +161,12 @@ impl Kernel {
             .expect("the embedded object has the egress classifier")
     }
 
-    /// Attaches the gate to the ingress and the classifier to the egress of `iface`.
+    /// Attaches the gate to the ingress and the classifier to the egress of `iface`, through
+    /// pinned links (taking over the links a previous daemon left).
     pub fn attach(&mut self, iface: &str) -> Result<GateMode, KernelError> {
-        Ok(attach::attach(&mut self.ebpf, iface)?)
+        let (mode, unpinned) = attach::attach(&mut self.ebpf, self.pins.path(), iface)?;
+        self.unpinned.extend(unpinned);
+        Ok(mode)
     }
 
     /// The blocklist maps, for the daemon's [`crate::blocklist::Blocklist`].
@@ -200,6 +225,92 @@ impl Kernel {
         }
         Ok(())
     }
+}
+
+/// Removes pinned maps whose type, key, value or size does not match this build, so the loader
+/// creates them anew instead of handing the programs a map they would misread. Returns whether
+/// the blocklist maps will be new.
+fn replace_incompatible_pins(pin_dir: &Path, capacity: u32) -> Result<bool, KernelError> {
+    let object = aya_obj::Object::parse(PROGRAMS).map_err(KernelError::Object)?;
+    let mut fresh = false;
+    for name in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let expected_entries = if CAPACITY_MAPS.contains(&name) {
+            capacity
+        } else {
+            def.max_entries()
+        };
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            fresh |= CAPACITY_MAPS.contains(&name);
+            continue;
+        };
+        let fits = info.key_size() == def.key_size()
+            && info.value_size() == def.value_size()
+            && info.max_entries() == expected_entries
+            && info.map_type().is_ok_and(|t| t as u32 == def.map_type());
+        if !fits {
+            log::warn!(
+                "pinned map {} does not fit this build (key {}, value {}, entries {}; want {}, {}, {}): replacing it",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                def.key_size(),
+                def.value_size(),
+                expected_entries
+            );
+            std::fs::remove_file(&path).map_err(|source| KernelError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
+            fresh |= CAPACITY_MAPS.contains(&name);
+        }
+    }
+    Ok(fresh)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetachError {
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot remove {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Turns slammer off: removes the pinned links (detaching the programs) and the pinned maps
+/// (dropping the blocks). Refused while a daemon holds the pin dir. Returns what was removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, DetachError> {
+    if !pin_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let pins = PinDir::lock(pin_dir)?;
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(pins.path()).map_err(|source| DetachError::Remove {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        std::fs::remove_file(&path).map_err(|source| DetachError::Remove {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    drop(pins);
+    std::fs::remove_dir(pin_dir).map_err(|source| DetachError::Remove {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    removed.sort();
+    Ok(removed)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, KernelError>

@@ -1,0 +1,199 @@
+//! The state file: what must survive a reboot (the pinned maps do not), as JSON in the state dir.
+//!
+//! Expiries are stored on the wall clock, since the boot clock restarts at zero. The file is
+//! replaced atomically (temp file, fsync, rename, fsync of the folder), so a crash leaves the old
+//! or the new version, never a mix. A file that cannot be read is moved aside with the reason
+//! logged, and the daemon starts without it.
+
+use std::{
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{addr::Target, blocklist::Source};
+
+pub const FILE_NAME: &str = "state.json";
+const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedBlock {
+    pub target: Target,
+    /// Wall-clock expiry, milliseconds since the Unix epoch.
+    pub expires_at_unix_ms: u64,
+    pub source: Source,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    pub blocks: Vec<SavedBlock>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub enum Loaded {
+    Missing,
+    Ok(State),
+    /// Unreadable; moved to `kept_at`.
+    Corrupt {
+        why: String,
+        kept_at: Option<PathBuf>,
+    },
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl State {
+    pub fn new(blocks: Vec<SavedBlock>) -> Self {
+        Self {
+            version: VERSION,
+            blocks,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain data")
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let state: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if state.version != VERSION {
+            return Err(format!(
+                "unsupported version {} (this build reads {VERSION})",
+                state.version
+            ));
+        }
+        Ok(state)
+    }
+}
+
+/// Reads `dir/state.json`; a corrupt file is renamed to `state.json.corrupt-<unix secs>`.
+pub fn load(dir: &Path) -> Loaded {
+    let path = dir.join(FILE_NAME);
+    let text = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+        Err(e) => {
+            return Loaded::Corrupt {
+                why: format!("cannot read it: {e}"),
+                kept_at: None,
+            };
+        }
+    };
+    let parsed = std::str::from_utf8(&text)
+        .map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(State::parse);
+    match parsed {
+        Ok(state) => Loaded::Ok(state),
+        Err(why) => {
+            let secs = unix_ms(SystemTime::now()) / 1000;
+            let aside = dir.join(format!("{FILE_NAME}.corrupt-{secs}"));
+            let kept_at = fs::rename(&path, &aside).ok().map(|()| aside);
+            Loaded::Corrupt { why, kept_at }
+        }
+    }
+}
+
+/// Replaces `dir/state.json` atomically.
+pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
+    let path = dir.join(FILE_NAME);
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let write = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut file = File::create(&tmp).map_err(write)?;
+    file.write_all(state.to_json().as_bytes()).map_err(write)?;
+    file.sync_all().map_err(write)?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(write)?;
+    // The rename is durable only once the folder is.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(write)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "slammer-state-test-{}-{}",
+            std::process::id(),
+            unix_ms(SystemTime::now()) ^ u64::from(rand_tag())
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn rand_tag() -> u32 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn sample() -> State {
+        State::new(vec![SavedBlock {
+            target: "198.51.100.0/24".parse().unwrap(),
+            expires_at_unix_ms: 1_800_000_000_000,
+            source: Source::Manual,
+            reason: "a \"quoted\" reason".into(),
+        }])
+    }
+
+    #[test]
+    fn round_trips_atomically() {
+        let d = dir();
+        assert!(matches!(load(&d), Loaded::Missing));
+        save(&d, &sample()).unwrap();
+        let Loaded::Ok(state) = load(&d) else {
+            panic!("not loaded")
+        };
+        assert_eq!(state, sample());
+        assert!(!d.join(format!(".{FILE_NAME}.tmp")).exists());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_and_truncated_files_are_kept_aside_with_a_reason() {
+        let d = dir();
+        let text = sample().to_json();
+        fs::write(d.join(FILE_NAME), &text[..text.len() / 2]).unwrap();
+        let Loaded::Corrupt { why, kept_at } = load(&d) else {
+            panic!("not corrupt")
+        };
+        assert!(why.contains("line"), "{why}");
+        let kept = kept_at.unwrap();
+        assert!(kept.exists() && !d.join(FILE_NAME).exists());
+        fs::write(d.join(FILE_NAME), r#"{"version":99,"blocks":[]}"#).unwrap();
+        let Loaded::Corrupt { why, .. } = load(&d) else {
+            panic!("not corrupt")
+        };
+        assert!(why.contains("version 99"), "{why}");
+        fs::remove_dir_all(d).unwrap();
+    }
+}
