@@ -41,7 +41,7 @@ impl BlockEntry {
     }
 }
 
-/// Load-time knobs of the gate that userspace changes at run time.
+/// What the daemon tells the gate at run time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GateConfig {
@@ -49,8 +49,11 @@ pub struct GateConfig {
     pub v4_prefixes: u32,
     /// Number of IPv6 prefixes in `PREFIX_V6`.
     pub v6_prefixes: u32,
+    /// Non-zero in observe mode: matches are counted as would-be drops and passed.
+    pub observe: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<GateConfig>() == 8);
+const _: () = assert!(size_of::<GateConfig>() == 16);
 
 /// Key of the LPM tries: prefix length in bits, then the address bytes in network order.
 #[repr(C)]

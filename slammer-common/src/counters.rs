@@ -8,13 +8,16 @@ pub mod gate {
     pub const PARSE_ERRORS: u32 = 3;
     /// Packets whose source matched an entry that had already expired (passed).
     pub const EXPIRED_MATCHES: u32 = 4;
-    pub const LEN: u32 = 5;
+    /// Packets of blocked sources passed because the gate is in observe mode.
+    pub const OBSERVED_PACKETS: u32 = 5;
+    pub const LEN: u32 = 6;
     pub const NAMES: [&str; LEN as usize] = [
         "dropped_packets",
         "dropped_bytes",
         "passed_packets",
         "parse_errors",
         "expired_matches",
+        "observed_packets",
     ];
 }
 

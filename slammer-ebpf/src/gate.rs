@@ -6,7 +6,10 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use slammer_common::{block::BlockEntry, counters::gate as counter};
+use slammer_common::{
+    block::{BlockEntry, GateConfig},
+    counters::gate as counter,
+};
 
 use crate::{
     maps::{BLOCK_V4, BLOCK_V6, GATE_CONFIG, GATE_COUNTERS, PREFIX_V4, PREFIX_V6, count},
@@ -47,9 +50,14 @@ pub fn verdict(ctx: &XdpContext) -> Result<u32, Truncated> {
         count(&GATE_COUNTERS, counter::PASSED_PACKETS, 1);
         return Ok(XDP_PASS);
     }
-    // Entries are shared by all CPUs: add atomically.
+    // Entries are shared by all CPUs: add atomically. In observe mode they count would-be drops.
     atomic_add(&mut entry.dropped_packets, 1);
     atomic_add(&mut entry.dropped_bytes, bytes);
+    if config().observe != 0 {
+        count(&GATE_COUNTERS, counter::OBSERVED_PACKETS, 1);
+        count(&GATE_COUNTERS, counter::PASSED_PACKETS, 1);
+        return Ok(XDP_PASS);
+    }
     count(&GATE_COUNTERS, counter::DROPPED_PACKETS, 1);
     count(&GATE_COUNTERS, counter::DROPPED_BYTES, bytes);
     Ok(XDP_DROP)
@@ -61,7 +69,7 @@ fn lookup_v4(addr: [u8; 4]) -> Option<*mut BlockEntry> {
     if let Some(entry) = BLOCK_V4.get_ptr_mut(addr) {
         return Some(entry);
     }
-    if prefixes().0 == 0 {
+    if config().v4_prefixes == 0 {
         return None;
     }
     PREFIX_V4
@@ -74,7 +82,7 @@ fn lookup_v6(addr: [u8; 16]) -> Option<*mut BlockEntry> {
     if let Some(entry) = BLOCK_V6.get_ptr_mut(addr) {
         return Some(entry);
     }
-    if prefixes().1 == 0 {
+    if config().v6_prefixes == 0 {
         return None;
     }
     PREFIX_V6
@@ -82,12 +90,10 @@ fn lookup_v6(addr: [u8; 16]) -> Option<*mut BlockEntry> {
         .map(|e| core::ptr::from_ref(e).cast_mut())
 }
 
-/// How many IPv4 and IPv6 prefixes are blocked.
+/// What the daemon set (all zero before it wrote anything).
 #[inline(always)]
-fn prefixes() -> (u32, u32) {
-    GATE_CONFIG
-        .get(0)
-        .map_or((0, 0), |c| (c.v4_prefixes, c.v6_prefixes))
+fn config() -> GateConfig {
+    GATE_CONFIG.get(0).copied().unwrap_or_default()
 }
 
 /// `*counter += value` as one BPF atomic add. The BPF target has no atomic read-modify-write in

@@ -40,6 +40,18 @@ pub struct Settings {
     pub metrics: SocketAddr,
     /// Reply rules; `None` means the built-in ones.
     pub rules: Option<Vec<RuleSpec>>,
+    /// `observe`: decide and count, drop nothing.
+    pub mode: Mode,
+}
+
+/// Whether blocks are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Everything runs and is listed and counted, but the gate drops nothing: for trials.
+    Observe,
 }
 
 impl Default for Settings {
@@ -58,6 +70,7 @@ impl Default for Settings {
             pin_dir: DEFAULT_PIN_DIR.into(),
             metrics: DEFAULT_METRICS.parse().expect("literal"),
             rules: None,
+            mode: Mode::Enforce,
         }
     }
 }
@@ -82,6 +95,7 @@ pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub rules: Option<Vec<RuleSpec>>,
+    pub mode: Option<Mode>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -170,7 +184,7 @@ impl FileConfig {
             max_clients,
             socket
         );
-        take!(state_dir, pin_dir, metrics);
+        take!(state_dir, pin_dir, metrics, mode);
         if let Some(ports) = self.smtp_ports {
             s.smtp_ports = ports.into_iter().collect();
         }

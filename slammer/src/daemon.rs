@@ -17,7 +17,7 @@ use crate::{
     allow::Allowlist,
     blocklist::{Block, BlockError, Blocklist, Source},
     clock,
-    config::{ConfigSource, Settings},
+    config::{ConfigSource, Mode, Settings},
     control::{
         protocol::{ErrorKind, Request, Response},
         server::{ControlSocket, Handler},
@@ -77,6 +77,7 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
             max_clients: settings.max_clients,
         },
         ttl: settings.ttl,
+        observe: settings.mode == Mode::Observe,
     })
 }
 
@@ -127,6 +128,10 @@ pub async fn run(
         restore_saved(&mut blocklist, &saved);
     } else {
         adopt_pinned(&mut blocklist, &saved);
+    }
+    blocklist.store_mut().set_observe(policy.observe)?;
+    if policy.observe {
+        log::warn!("observe mode: blocks are decided, listed and counted, but nothing is dropped");
     }
     let engine = Engine::new(blocklist, policy)?;
     let state_dir = settings.state_dir.clone();
@@ -400,11 +405,19 @@ fn reload(shared: &Shared) -> Result<String, String> {
             .kernel
             .set_reply_codes(&codes)
             .map_err(|e| format!("{e:#}"))?;
+        let observe = policy.observe;
         inner.engine.set_policy(policy).map_err(|e| e.to_string())?;
+        inner
+            .engine
+            .blocklist_mut()
+            .store_mut()
+            .set_observe(observe)
+            .map_err(|e| e.to_string())?;
         let restart_only = inner.settings.restart_only_changes(&new);
         let mut message = format!(
-            "reloaded {}: threshold {} in {}, TTL {}, SMTP ports {:?}, {} rules",
+            "reloaded {}: {} mode, threshold {} in {}, TTL {}, SMTP ports {:?}, {} rules",
             inner.source.path.display(),
+            if observe { "observe" } else { "enforce" },
             new.threshold,
             crate::duration::format(new.window),
             crate::duration::format(new.ttl),
@@ -495,7 +508,13 @@ fn handle(shared: &Shared, request: Request) -> Response {
             }
         }
         Request::List => {
-            let list = lock(shared).engine.blocklist().list(clock::boot_ns());
+            let inner = lock(shared);
+            let mut list = inner.engine.blocklist().list(clock::boot_ns());
+            let enforced = !inner.engine.policy().observe;
+            drop(inner);
+            for entry in &mut list {
+                entry.enforced = enforced;
+            }
             Response::ok(Some(serde_json::to_value(list).expect("plain data")))
         }
         Request::Reload => match reload(shared) {

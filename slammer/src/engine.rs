@@ -55,6 +55,8 @@ pub struct Policy {
     pub allow: Allowlist,
     pub tracker: TrackerConfig,
     pub ttl: Duration,
+    /// Observe mode: blocks are decided and listed, the gate only counts.
+    pub observe: bool,
 }
 
 /// An automatic block that was just applied.
@@ -285,6 +287,7 @@ mod tests {
                 max_clients: 1000,
             },
             ttl: Duration::from_secs(3600),
+            observe: false,
         };
         Engine::new(Blocklist::new(store, 100), policy).unwrap()
     }

@@ -155,6 +155,12 @@ impl Collector for SlammerCollector {
         )?;
         counter(
             &mut e,
+            "observed_packets",
+            "Packets of blocked sources passed because of observe mode",
+            s.gate["observed_packets"],
+        )?;
+        counter(
+            &mut e,
             "gate_parse_errors",
             "Frames whose headers ended early (passed)",
             s.gate["parse_errors"],

@@ -211,3 +211,25 @@ fn prefixes_match_longest_and_unblock_restores() {
         1
     );
 }
+
+#[test]
+fn observe_mode_counts_and_passes() {
+    let mut tk = TestKernel::load();
+    let counters = tk.get().take_counters().expect("counters");
+    let mut bl = blocklist(&mut tk);
+    block(&mut bl, "198.51.100.7");
+    bl.store_mut().set_observe(true).unwrap();
+    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(counter(&counters, "observed_packets"), 1);
+    assert_eq!(counter(&counters, "dropped_packets"), 0);
+    assert_eq!(
+        bl.store()
+            .get(&"198.51.100.7".parse().unwrap())
+            .unwrap()
+            .dropped_packets,
+        1
+    );
+    // Back to enforcing: the pending entry applies at once, with its TTL.
+    bl.store_mut().set_observe(false).unwrap();
+    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_DROP);
+}

@@ -60,8 +60,16 @@ pub struct ListEntry {
     pub expires_in_secs: u64,
     pub source: Source,
     pub reason: String,
+    /// Packets (and bytes) dropped because of it; in observe mode, those that would have been.
     pub dropped_packets: u64,
     pub dropped_bytes: u64,
+    /// False in observe mode: listed, counted, not dropped.
+    #[serde(default = "enforced_default")]
+    pub enforced: bool,
+}
+
+fn enforced_default() -> bool {
+    true
 }
 
 pub struct Blocklist<S> {
@@ -208,6 +216,7 @@ impl<S: BlockStore> Blocklist<S> {
                     reason: block.reason.clone(),
                     dropped_packets: counters.map_or(0, |c| c.dropped_packets),
                     dropped_bytes: counters.map_or(0, |c| c.dropped_bytes),
+                    enforced: true,
                 }
             })
             .collect()
@@ -253,6 +262,10 @@ impl<S: BlockStore> Blocklist<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 }
 

@@ -66,6 +66,8 @@ fn table(entries: &[ListEntry]) -> String {
     }
     if rows.is_empty() {
         out.push_str("(nothing blocked)\n");
+    } else if entries.iter().any(|e| !e.enforced) {
+        out.push_str("observe mode: these would be blocked; nothing is dropped\n");
     }
     out
 }
@@ -85,6 +87,7 @@ mod tests {
             reason: "10x 550 \"User unknown\" in 42s".into(),
             dropped_packets: dropped,
             dropped_bytes: 0,
+            enforced: true,
         };
         let t = table(&[e("192.0.2.7", 3600, 12), e("2001:db8::1234", 59, 0)]);
         let lines: Vec<&str> = t.lines().collect();

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use ipnet::IpNet;
 
 use crate::{
-    config::{ConfigSource, DEFAULT_CONFIG, FileConfig},
+    config::{ConfigSource, DEFAULT_CONFIG, FileConfig, Mode},
     daemon, duration,
 };
 
@@ -49,6 +49,9 @@ pub struct Args {
     /// Entries per blocklist map (addresses and prefixes, each family).
     #[arg(long, value_name = "N")]
     capacity: Option<u32>,
+    /// Decide, list and count blocks, but drop nothing (config: mode = "observe").
+    #[arg(long)]
+    observe: bool,
 }
 
 fn parse_allow(value: &str) -> Result<IpNet, String> {
@@ -75,6 +78,7 @@ fn source(args: Args) -> ConfigSource {
         state_dir: args.state_dir,
         pin_dir: args.pin_dir,
         metrics: args.metrics,
+        mode: args.observe.then_some(Mode::Observe),
         ..FileConfig::default()
     };
     ConfigSource {

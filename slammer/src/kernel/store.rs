@@ -83,6 +83,21 @@ impl KernelStore {
     }
 }
 
+impl KernelStore {
+    /// Observe mode: the gate counts matches instead of dropping them.
+    pub fn set_observe(&mut self, observe: bool) -> Result<(), StoreError> {
+        self.update_config(|c| c.observe = u32::from(observe))
+    }
+
+    fn update_config(&mut self, change: impl FnOnce(&mut GateConfig)) -> Result<(), StoreError> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        change(&mut config);
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| store_error("bpf_map_update_elem", e))
+    }
+}
+
 impl BlockStore for KernelStore {
     fn put(&mut self, target: &Target, entry: &BlockEntry) -> Result<(), StoreError> {
         let res = match target {
@@ -135,15 +150,9 @@ impl BlockStore for KernelStore {
     }
 
     fn set_prefix_counts(&mut self, v4: u32, v6: u32) -> Result<(), StoreError> {
-        self.config
-            .set(
-                0,
-                GateConfig {
-                    v4_prefixes: v4,
-                    v6_prefixes: v6,
-                },
-                0,
-            )
-            .map_err(|e| store_error("bpf_map_update_elem", e))
+        self.update_config(|c| {
+            c.v4_prefixes = v4;
+            c.v6_prefixes = v6;
+        })
     }
 }
