@@ -42,6 +42,12 @@ pub struct Settings {
     pub rules: Option<Vec<RuleSpec>>,
     /// `observe`: decide and count, drop nothing.
     pub mode: Mode,
+    /// A repeat offender's TTL is multiplied by this per earlier block...
+    pub escalation_factor: f64,
+    /// ...up to this.
+    pub escalation_cap: Duration,
+    /// Block history is forgotten this long after an address's last block.
+    pub history_retention: Duration,
 }
 
 /// Whether blocks are enforced.
@@ -71,6 +77,9 @@ impl Default for Settings {
             metrics: DEFAULT_METRICS.parse().expect("literal"),
             rules: None,
             mode: Mode::Enforce,
+            escalation_factor: 2.0,
+            escalation_cap: Duration::from_secs(7 * 86_400),
+            history_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -96,6 +105,11 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     pub rules: Option<Vec<RuleSpec>>,
     pub mode: Option<Mode>,
+    pub escalation_factor: Option<f64>,
+    #[serde(deserialize_with = "some_duration")]
+    pub escalation_cap: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
+    pub history_retention: Option<Duration>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -185,6 +199,7 @@ impl FileConfig {
             socket
         );
         take!(state_dir, pin_dir, metrics, mode);
+        take!(escalation_factor, escalation_cap, history_retention);
         if let Some(ports) = self.smtp_ports {
             s.smtp_ports = ports.into_iter().collect();
         }
@@ -215,6 +230,14 @@ impl Settings {
         }
         if let Some(n) = self.allow.iter().find(|n| n.prefix_len() == 0) {
             return invalid("allow", n.to_string(), "would never block anyone");
+        }
+        if !self.escalation_factor.is_finite() || !(1.0..=1000.0).contains(&self.escalation_factor)
+        {
+            return invalid(
+                "escalation_factor",
+                self.escalation_factor.to_string(),
+                "must be between 1 (no escalation) and 1000",
+            );
         }
         if let Some(specs) = &self.rules {
             crate::rules::RuleSet::from_specs(specs).map_err(ConfigError::Rules)?;

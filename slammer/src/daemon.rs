@@ -22,8 +22,9 @@ use crate::{
         protocol::{ErrorKind, Request, Response},
         server::{ControlSocket, Handler},
     },
-    engine::{Engine, Outcome, Policy},
+    engine::{Engine, Now, Outcome, Policy},
     events::{self, Event},
+    history::Escalation,
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
     metrics::{self, Metrics, Snapshot},
     netinfo,
@@ -78,6 +79,11 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
         },
         ttl: settings.ttl,
         observe: settings.mode == Mode::Observe,
+        escalation: Escalation {
+            factor: settings.escalation_factor,
+            cap: settings.escalation_cap,
+            retention: settings.history_retention,
+        },
     })
 }
 
@@ -133,7 +139,8 @@ pub async fn run(
     if policy.observe {
         log::warn!("observe mode: blocks are decided, listed and counted, but nothing is dropped");
     }
-    let engine = Engine::new(blocklist, policy)?;
+    let mut engine = Engine::new(blocklist, policy)?;
+    engine.restore_history(saved.history.clone());
     let state_dir = settings.state_dir.clone();
     let shared: Shared = Arc::new(Mutex::new(Inner {
         engine,
@@ -276,7 +283,7 @@ fn saved_state(engine: &Engine<KernelStore>) -> State {
             reason: block.reason.clone(),
         })
         .collect();
-    State::new(blocks)
+    State::new(blocks, engine.history_records(state::unix_ms(now_wall)))
 }
 
 /// Rewrites the state file at most once a second, when the blocklist changed.
@@ -327,7 +334,7 @@ async fn consume_events(
             let mut state = lock(&shared);
             match event {
                 Ok(Event::Reply(reply)) => {
-                    let outcome = state.engine.on_reply(&reply, clock::boot_ns());
+                    let outcome = state.engine.on_reply(&reply, Now::read());
                     drop(state);
                     if let Outcome::Blocked(block) = &outcome {
                         block_latency.observe(block.latency_ns as f64 / 1e9);

@@ -11,6 +11,7 @@ use crate::{
     allow::Allowlist,
     blocklist::{BlockError, BlockStore, Blocklist, Source},
     events::Reply,
+    history::{Escalation, History, Record},
     rules::RuleSet,
     tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
 };
@@ -57,6 +58,25 @@ pub struct Policy {
     pub ttl: Duration,
     /// Observe mode: blocks are decided and listed, the gate only counts.
     pub observe: bool,
+    /// Longer TTLs for repeat offenders.
+    pub escalation: Escalation,
+}
+
+/// The two clocks a decision needs: the boot clock the gate compares expiries with, and the
+/// wall clock the block history is kept in (it outlives reboots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub boot_ns: u64,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self {
+            boot_ns: crate::clock::boot_ns(),
+            unix_ms: crate::state::unix_ms(std::time::SystemTime::now()),
+        }
+    }
 }
 
 /// An automatic block that was just applied.
@@ -87,10 +107,12 @@ pub struct Engine<S> {
     stats: EngineStats,
     last_seq: LruCache<(IpAddr, u16, u16), u32>,
     allow_logged: LruCache<IpAddr, u64>,
+    history: History,
 }
 
 impl<S: BlockStore> Engine<S> {
     pub fn new(blocklist: Blocklist<S>, policy: Policy) -> Result<Self, TrackerError> {
+        let history = History::new(policy.tracker.max_clients);
         Ok(Self {
             blocklist,
             tracker: OffenseTracker::new(policy.tracker)?,
@@ -98,11 +120,13 @@ impl<S: BlockStore> Engine<S> {
             stats: EngineStats::default(),
             last_seq: LruCache::new(NonZeroUsize::new(SEQ_MEMORY).expect("non-zero")),
             allow_logged: LruCache::new(NonZeroUsize::new(ALLOW_LOG_MEMORY).expect("non-zero")),
+            history,
         })
     }
 
     /// Handles one reply; `now_ns` is the boot clock when the daemon read it.
-    pub fn on_reply(&mut self, reply: &Reply, now_ns: u64) -> Outcome {
+    pub fn on_reply(&mut self, reply: &Reply, now: Now) -> Outcome {
+        let now_ns = now.boot_ns;
         self.stats.events += 1;
         if self.is_retransmission(reply) {
             self.stats.duplicates += 1;
@@ -146,18 +170,30 @@ impl<S: BlockStore> Engine<S> {
             return Outcome::Counted;
         };
         let target = Target::Addr(decision.client);
-        match self.blocklist.block(
-            now_ns,
-            target,
-            self.policy.ttl,
-            Source::Auto,
-            decision.reason.clone(),
-        ) {
+        let esc = self.policy.escalation;
+        let earlier = self
+            .history
+            .earlier_blocks(decision.client, now.unix_ms, &esc);
+        let ttl = History::ttl(self.policy.ttl, earlier, &esc);
+        let mut reason = decision.reason;
+        if earlier > 0 {
+            reason.push_str(&format!(
+                "; repeat offender, block #{} for {}",
+                earlier + 1,
+                crate::duration::format(ttl)
+            ));
+        }
+        match self
+            .blocklist
+            .block(now_ns, target, ttl, Source::Auto, reason.clone())
+        {
             Ok(()) => {
                 self.stats.auto_blocks += 1;
+                self.history
+                    .record_block(decision.client, now.unix_ms, &esc);
                 Outcome::Blocked(AutoBlock {
                     client: decision.client,
-                    reason: decision.reason,
+                    reason,
                     latency_ns: crate::clock::boot_ns().saturating_sub(reply.at_ns),
                 })
             }
@@ -264,6 +300,15 @@ impl<S: BlockStore> Engine<S> {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
+
+    /// Block history to save with the blocklist.
+    pub fn history_records(&self, now_unix_ms: u64) -> Vec<Record> {
+        self.history.records(now_unix_ms, &self.policy.escalation)
+    }
+
+    pub fn restore_history(&mut self, records: Vec<Record>) {
+        self.history.restore(records);
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +333,7 @@ mod tests {
             },
             ttl: Duration::from_secs(3600),
             observe: false,
+            escalation: Escalation::default(),
         };
         Engine::new(Blocklist::new(store, 100), policy).unwrap()
     }
@@ -304,6 +350,13 @@ mod tests {
         }
     }
 
+    fn at(boot_ns: u64) -> Now {
+        Now {
+            boot_ns,
+            unix_ms: boot_ns / 1_000_000,
+        }
+    }
+
     const UNKNOWN: &str =
         "5.1.1 <x@mx.test>: Recipient address rejected: User unknown in local recipient table";
 
@@ -311,14 +364,14 @@ mod tests {
     fn blocks_at_exactly_the_threshold() {
         let mut e = engine(3);
         assert_eq!(
-            e.on_reply(&reply("198.51.100.7", 1000, 1, 550, UNKNOWN), 1),
+            e.on_reply(&reply("198.51.100.7", 1000, 1, 550, UNKNOWN), at(1)),
             Outcome::Counted
         );
         assert_eq!(
-            e.on_reply(&reply("198.51.100.7", 1000, 2, 550, UNKNOWN), 2),
+            e.on_reply(&reply("198.51.100.7", 1000, 2, 550, UNKNOWN), at(2)),
             Outcome::Counted
         );
-        let Outcome::Blocked(b) = e.on_reply(&reply("198.51.100.7", 1001, 3, 550, UNKNOWN), 3)
+        let Outcome::Blocked(b) = e.on_reply(&reply("198.51.100.7", 1001, 3, 550, UNKNOWN), at(3))
         else {
             panic!("third offense must block")
         };
@@ -330,7 +383,7 @@ mod tests {
         let target: Target = "198.51.100.7".parse().unwrap();
         assert!(e.blocklist().is_blocked(&target, 4));
         assert_eq!(
-            e.on_reply(&reply("198.51.100.7", 1001, 4, 550, UNKNOWN), 4),
+            e.on_reply(&reply("198.51.100.7", 1001, 4, 550, UNKNOWN), at(4)),
             Outcome::AlreadyBlocked
         );
         assert_eq!(e.stats().auto_blocks, 1);
@@ -340,16 +393,16 @@ mod tests {
     fn retransmitted_replies_count_once() {
         let mut e = engine(2);
         assert_eq!(
-            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), 1),
+            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), at(1)),
             Outcome::Counted
         );
         assert_eq!(
-            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), 1),
+            e.on_reply(&reply("198.51.100.7", 1000, 10, 550, UNKNOWN), at(1)),
             Outcome::Duplicate
         );
         assert_eq!(e.stats().duplicates, 1);
         assert!(matches!(
-            e.on_reply(&reply("198.51.100.7", 1000, 11, 550, UNKNOWN), 1),
+            e.on_reply(&reply("198.51.100.7", 1000, 11, 550, UNKNOWN), at(1)),
             Outcome::Blocked(_)
         ));
     }
@@ -357,7 +410,7 @@ mod tests {
     #[test]
     fn allowlisted_clients_are_counted_not_blocked_and_logged_once_per_window() {
         let mut e = engine(1);
-        let first = e.on_reply(&reply("192.0.2.1", 1000, 1, 550, UNKNOWN), S);
+        let first = e.on_reply(&reply("192.0.2.1", 1000, 1, 550, UNKNOWN), at(S));
         assert_eq!(
             first,
             Outcome::Allowlisted {
@@ -365,7 +418,7 @@ mod tests {
                 log: true
             }
         );
-        let second = e.on_reply(&reply("192.0.2.1", 1000, 2, 550, UNKNOWN), 2 * S);
+        let second = e.on_reply(&reply("192.0.2.1", 1000, 2, 550, UNKNOWN), at(2 * S));
         assert_eq!(
             second,
             Outcome::Allowlisted {
@@ -373,7 +426,7 @@ mod tests {
                 log: false
             }
         );
-        let later = e.on_reply(&reply("192.0.2.1", 1000, 3, 550, UNKNOWN), 700 * S);
+        let later = e.on_reply(&reply("192.0.2.1", 1000, 3, 550, UNKNOWN), at(700 * S));
         assert!(matches!(later, Outcome::Allowlisted { log: true, .. }));
         assert_eq!(e.stats().allowlisted_offenses, 3);
         assert!(e.blocklist().list(0).is_empty());
@@ -388,7 +441,7 @@ mod tests {
         ];
         for (seq, (code, text)) in (1..).zip(replies) {
             assert_eq!(
-                e.on_reply(&reply("198.51.100.7", 1000, seq, code, text), 1),
+                e.on_reply(&reply("198.51.100.7", 1000, seq, code, text), at(1)),
                 Outcome::NoOffense
             );
         }
@@ -404,5 +457,59 @@ mod tests {
         assert_eq!(e.blocklist().list(0)[0].expires_in_secs, 3600);
         e.unblock("198.51.100.0/24".parse().unwrap()).unwrap();
         assert!(e.unblock("198.51.100.0/24".parse().unwrap()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod escalation_tests {
+    use super::*;
+    use crate::blocklist::fake::FakeStore;
+
+    #[test]
+    fn a_second_block_lasts_twice_as_long() {
+        let store = FakeStore {
+            capacity: 100,
+            ..FakeStore::default()
+        };
+        let policy = Policy {
+            rules: RuleSet::defaults(),
+            allow: Allowlist::new([]),
+            tracker: TrackerConfig {
+                threshold: 1,
+                window: Duration::from_secs(60),
+                max_clients: 10,
+            },
+            ttl: Duration::from_secs(3600),
+            observe: false,
+            escalation: Escalation::default(),
+        };
+        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+        let reply = |seq| Reply {
+            at_ns: 1,
+            client: "198.51.100.7".parse().unwrap(),
+            client_port: 1,
+            server_port: 25,
+            seq,
+            code: 550,
+            text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+        };
+        let now = Now {
+            boot_ns: 1_000,
+            unix_ms: 5_000,
+        };
+        assert!(matches!(e.on_reply(&reply(1), now), Outcome::Blocked(_)));
+        let target: Target = "198.51.100.7".parse().unwrap();
+        assert_eq!(e.blocklist().list(1_000)[0].expires_in_secs, 3600);
+        e.unblock(target).unwrap();
+        let Outcome::Blocked(b) = e.on_reply(&reply(2), now) else {
+            panic!("not blocked")
+        };
+        assert!(
+            b.reason.contains("repeat offender, block #2 for 2h"),
+            "{}",
+            b.reason
+        );
+        assert_eq!(e.blocklist().list(1_000)[0].expires_in_secs, 7200);
+        assert_eq!(e.history_records(5_000)[0].blocks, 2);
     }
 }

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod history;
 pub mod kernel;
 pub mod metrics;
 pub mod netinfo;

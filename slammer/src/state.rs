@@ -34,6 +34,9 @@ pub struct SavedBlock {
 pub struct State {
     pub version: u32,
     pub blocks: Vec<SavedBlock>,
+    /// Automatic blocks per address, for repeat-offender TTLs.
+    #[serde(default)]
+    pub history: Vec<crate::history::Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +71,11 @@ pub fn from_unix_ms(ms: u64) -> SystemTime {
 }
 
 impl State {
-    pub fn new(blocks: Vec<SavedBlock>) -> Self {
+    pub fn new(blocks: Vec<SavedBlock>, history: Vec<crate::history::Record>) -> Self {
         Self {
             version: VERSION,
             blocks,
+            history,
         }
     }
 
@@ -157,12 +161,19 @@ mod tests {
     }
 
     fn sample() -> State {
-        State::new(vec![SavedBlock {
-            target: "198.51.100.0/24".parse().unwrap(),
-            expires_at_unix_ms: 1_800_000_000_000,
-            source: Source::Manual,
-            reason: "a \"quoted\" reason".into(),
-        }])
+        State::new(
+            vec![SavedBlock {
+                target: "198.51.100.0/24".parse().unwrap(),
+                expires_at_unix_ms: 1_800_000_000_000,
+                source: Source::Manual,
+                reason: "a \"quoted\" reason".into(),
+            }],
+            vec![crate::history::Record {
+                addr: "192.0.2.9".parse().unwrap(),
+                blocks: 3,
+                last_block_unix_ms: 1_700_000_000_000,
+            }],
+        )
     }
 
     #[test]
