@@ -48,6 +48,10 @@ pub struct Settings {
     pub escalation_cap: Duration,
     /// Block history is forgotten this long after an address's last block.
     pub history_retention: Duration,
+    /// Threshold multiplier for clients whose message was accepted recently (1 disables).
+    pub known_good_multiplier: u32,
+    /// How long an accepted message makes its sender known-good.
+    pub known_good_memory: Duration,
 }
 
 /// Whether blocks are enforced.
@@ -80,6 +84,8 @@ impl Default for Settings {
             escalation_factor: 2.0,
             escalation_cap: Duration::from_secs(7 * 86_400),
             history_retention: Duration::from_secs(30 * 86_400),
+            known_good_multiplier: 5,
+            known_good_memory: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -110,6 +116,9 @@ pub struct FileConfig {
     pub escalation_cap: Option<Duration>,
     #[serde(deserialize_with = "some_duration")]
     pub history_retention: Option<Duration>,
+    pub known_good_multiplier: Option<u32>,
+    #[serde(deserialize_with = "some_duration")]
+    pub known_good_memory: Option<Duration>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -200,6 +209,7 @@ impl FileConfig {
         );
         take!(state_dir, pin_dir, metrics, mode);
         take!(escalation_factor, escalation_cap, history_retention);
+        take!(known_good_multiplier, known_good_memory);
         if let Some(ports) = self.smtp_ports {
             s.smtp_ports = ports.into_iter().collect();
         }
@@ -237,6 +247,13 @@ impl Settings {
                 "escalation_factor",
                 self.escalation_factor.to_string(),
                 "must be between 1 (no escalation) and 1000",
+            );
+        }
+        if self.known_good_multiplier == 0 {
+            return invalid(
+                "known_good_multiplier",
+                "0".into(),
+                "must be at least 1 (1 disables it)",
             );
         }
         if let Some(specs) = &self.rules {

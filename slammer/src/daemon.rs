@@ -84,6 +84,8 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
             cap: settings.escalation_cap,
             retention: settings.history_retention,
         },
+        known_good_multiplier: settings.known_good_multiplier,
+        known_good_memory: settings.known_good_memory,
     })
 }
 
@@ -119,7 +121,7 @@ pub async fn run(
         capacity: settings.capacity,
     })?;
     kernel.set_smtp_ports(&settings.smtp_ports)?;
-    kernel.set_reply_codes(&policy.rules.codes())?;
+    kernel.set_reply_codes(&policy.reported_codes())?;
     for iface in &interfaces {
         let mode = kernel.attach(iface)?;
         log::info!("{iface}: gate attached ({mode:?} mode), egress classifier attached");
@@ -141,6 +143,7 @@ pub async fn run(
     }
     let mut engine = Engine::new(blocklist, policy)?;
     engine.restore_history(saved.history.clone());
+    engine.restore_known_good(saved.known_good.clone());
     let state_dir = settings.state_dir.clone();
     let shared: Shared = Arc::new(Mutex::new(Inner {
         engine,
@@ -283,7 +286,10 @@ fn saved_state(engine: &Engine<KernelStore>) -> State {
             reason: block.reason.clone(),
         })
         .collect();
-    State::new(blocks, engine.history_records(state::unix_ms(now_wall)))
+    let now_ms = state::unix_ms(now_wall);
+    let mut saved = State::new(blocks, engine.history_records(now_ms));
+    saved.known_good = engine.known_good_records(now_ms);
+    saved
 }
 
 /// Rewrites the state file at most once a second, when the blocklist changed.
@@ -403,7 +409,7 @@ fn reload(shared: &Shared) -> Result<String, String> {
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
     let applied = loaded.and_then(|new| {
         let policy = policy(&new).map_err(|e| format!("{e:#}"))?;
-        let codes = policy.rules.codes();
+        let codes = policy.reported_codes();
         inner
             .kernel
             .set_smtp_ports(&new.smtp_ports)
@@ -553,6 +559,7 @@ fn snapshot(state: &Inner) -> Snapshot {
         replies,
         engine: state.engine.stats().clone(),
         tracked_clients: state.engine.tracked_clients() as u64,
+        known_good_clients: state.engine.known_good_clients() as u64,
         blocked_addresses: (table.len() - prefixes) as u64,
         blocked_prefixes: prefixes as u64,
     }

@@ -12,6 +12,7 @@ use crate::{
     blocklist::{BlockError, BlockStore, Blocklist, Source},
     events::Reply,
     history::{Escalation, History, Record},
+    known_good::{self, GoodRecord, KnownGood},
     rules::RuleSet,
     tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
 };
@@ -44,6 +45,8 @@ pub struct EngineStats {
     pub blocks_refused_full: u64,
     pub tls_sessions: u64,
     pub decode_errors: u64,
+    /// Messages the MTA accepted (end of DATA answered with 250).
+    pub accepted_messages: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Offenses, by the name of the rule that matched.
@@ -60,6 +63,21 @@ pub struct Policy {
     pub observe: bool,
     /// Longer TTLs for repeat offenders.
     pub escalation: Escalation,
+    /// Clients with a message accepted within `known_good_memory` get their threshold
+    /// multiplied by this (1 disables it).
+    pub known_good_multiplier: u32,
+    pub known_good_memory: Duration,
+}
+
+impl Policy {
+    /// The reply codes the kernel must report: the rules', plus 250 for accepted messages.
+    pub fn reported_codes(&self) -> std::collections::BTreeSet<u16> {
+        let mut codes = self.rules.codes();
+        if self.known_good_multiplier > 1 {
+            codes.insert(known_good::ACCEPT_CODE);
+        }
+        codes
+    }
 }
 
 /// The two clocks a decision needs: the boot clock the gate compares expiries with, and the
@@ -92,8 +110,13 @@ pub struct AutoBlock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Duplicate,
+    /// A message was accepted: the client is known-good for a while.
+    Accepted,
     NoOffense,
-    Allowlisted { client: IpAddr, log: bool },
+    Allowlisted {
+        client: IpAddr,
+        log: bool,
+    },
     AlreadyBlocked,
     Counted,
     Blocked(AutoBlock),
@@ -108,11 +131,13 @@ pub struct Engine<S> {
     last_seq: LruCache<(IpAddr, u16, u16), u32>,
     allow_logged: LruCache<IpAddr, u64>,
     history: History,
+    known_good: KnownGood,
 }
 
 impl<S: BlockStore> Engine<S> {
     pub fn new(blocklist: Blocklist<S>, policy: Policy) -> Result<Self, TrackerError> {
         let history = History::new(policy.tracker.max_clients);
+        let known_good = KnownGood::new(policy.tracker.max_clients);
         Ok(Self {
             blocklist,
             tracker: OffenseTracker::new(policy.tracker)?,
@@ -121,6 +146,7 @@ impl<S: BlockStore> Engine<S> {
             last_seq: LruCache::new(NonZeroUsize::new(SEQ_MEMORY).expect("non-zero")),
             allow_logged: LruCache::new(NonZeroUsize::new(ALLOW_LOG_MEMORY).expect("non-zero")),
             history,
+            known_good,
         })
     }
 
@@ -133,6 +159,11 @@ impl<S: BlockStore> Engine<S> {
             return Outcome::Duplicate;
         }
         *self.stats.replies_by_code.entry(reply.code).or_default() += 1;
+        if known_good::is_acceptance(reply.code, &reply.text) {
+            self.stats.accepted_messages += 1;
+            self.known_good.accepted(reply.client, now.unix_ms);
+            return Outcome::Accepted;
+        }
         let Some(rule) = self.policy.rules.classify(reply.code, &reply.text) else {
             self.stats.unmatched += 1;
             return Outcome::NoOffense;
@@ -166,7 +197,17 @@ impl<S: BlockStore> Engine<S> {
             code: reply.code,
             label: rule.label(),
         };
-        let Some(decision) = self.tracker.record(client, reply.at_ns, offense) else {
+        let mut threshold = self.policy.tracker.threshold;
+        if self
+            .known_good
+            .contains(client, now.unix_ms, self.policy.known_good_memory)
+        {
+            threshold = threshold.saturating_mul(self.policy.known_good_multiplier.max(1));
+        }
+        let Some(decision) =
+            self.tracker
+                .record_with_threshold(client, reply.at_ns, offense, threshold)
+        else {
             return Outcome::Counted;
         };
         let target = Target::Addr(decision.client);
@@ -309,6 +350,20 @@ impl<S: BlockStore> Engine<S> {
     pub fn restore_history(&mut self, records: Vec<Record>) {
         self.history.restore(records);
     }
+
+    /// Known-good senders to save with the blocklist.
+    pub fn known_good_records(&self, now_unix_ms: u64) -> Vec<GoodRecord> {
+        self.known_good
+            .records(now_unix_ms, self.policy.known_good_memory)
+    }
+
+    pub fn restore_known_good(&mut self, records: Vec<GoodRecord>) {
+        self.known_good.restore(records);
+    }
+
+    pub fn known_good_clients(&self) -> usize {
+        self.known_good.len()
+    }
 }
 
 #[cfg(test)]
@@ -334,6 +389,8 @@ mod tests {
             ttl: Duration::from_secs(3600),
             observe: false,
             escalation: Escalation::default(),
+            known_good_multiplier: 5,
+            known_good_memory: Duration::from_secs(7 * 86_400),
         };
         Engine::new(Blocklist::new(store, 100), policy).unwrap()
     }
@@ -482,6 +539,8 @@ mod escalation_tests {
             ttl: Duration::from_secs(3600),
             observe: false,
             escalation: Escalation::default(),
+            known_good_multiplier: 5,
+            known_good_memory: Duration::from_secs(7 * 86_400),
         };
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
         let reply = |seq| Reply {
@@ -511,5 +570,78 @@ mod escalation_tests {
         );
         assert_eq!(e.blocklist().list(1_000)[0].expires_in_secs, 7200);
         assert_eq!(e.history_records(5_000)[0].blocks, 2);
+    }
+}
+
+#[cfg(test)]
+mod known_good_tests {
+    use super::*;
+    use crate::blocklist::fake::FakeStore;
+
+    #[test]
+    fn a_sender_that_delivered_gets_a_multiplied_threshold() {
+        let store = FakeStore {
+            capacity: 100,
+            ..FakeStore::default()
+        };
+        let policy = Policy {
+            rules: RuleSet::defaults(),
+            allow: Allowlist::new([]),
+            tracker: TrackerConfig {
+                threshold: 2,
+                window: Duration::from_secs(600),
+                max_clients: 10,
+            },
+            ttl: Duration::from_secs(3600),
+            observe: false,
+            escalation: Escalation::default(),
+            known_good_multiplier: 5,
+            known_good_memory: Duration::from_secs(7 * 86_400),
+        };
+        assert!(policy.reported_codes().contains(&250));
+        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+        let now = Now {
+            boot_ns: 1,
+            unix_ms: 1,
+        };
+        let mut seq = 0;
+        let mut reply = |client: &str, code, text: &str| {
+            seq += 1;
+            Reply {
+                at_ns: u64::from(seq),
+                client: client.parse().unwrap(),
+                client_port: 1,
+                server_port: 25,
+                seq,
+                code,
+                text: text.into(),
+            }
+        };
+        let unknown = "5.1.1 <a@b>: Recipient address rejected: User unknown";
+        assert_eq!(
+            e.on_reply(&reply("192.0.2.1", 250, "2.0.0 Ok: queued as ABC"), now),
+            Outcome::Accepted
+        );
+        for i in 1..10 {
+            assert_eq!(
+                e.on_reply(&reply("192.0.2.1", 550, unknown), now),
+                Outcome::Counted,
+                "offense {i}"
+            );
+        }
+        assert!(matches!(
+            e.on_reply(&reply("192.0.2.1", 550, unknown), now),
+            Outcome::Blocked(_)
+        ));
+        // A prober with no accepted message is blocked at the plain threshold.
+        assert_eq!(
+            e.on_reply(&reply("192.0.2.2", 550, unknown), now),
+            Outcome::Counted
+        );
+        assert!(matches!(
+            e.on_reply(&reply("192.0.2.2", 550, unknown), now),
+            Outcome::Blocked(_)
+        ));
+        assert_eq!(e.stats().accepted_messages, 1);
     }
 }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod events;
 pub mod history;
 pub mod kernel;
+pub mod known_good;
 pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;

@@ -32,6 +32,7 @@ pub struct Snapshot {
     pub replies: BTreeMap<&'static str, u64>,
     pub engine: crate::engine::EngineStats,
     pub tracked_clients: u64,
+    pub known_good_clients: u64,
     pub blocked_addresses: u64,
     pub blocked_prefixes: u64,
 }
@@ -200,6 +201,12 @@ impl Collector for SlammerCollector {
             "tracked_clients",
             "Clients the offense tracker holds",
             s.tracked_clients,
+        )?;
+        gauge(
+            &mut e,
+            "known_good_clients",
+            "Senders with a message accepted recently (higher threshold)",
+            s.known_good_clients,
         )?;
         Ok(())
     }

@@ -37,6 +37,9 @@ pub struct State {
     /// Automatic blocks per address, for repeat-offender TTLs.
     #[serde(default)]
     pub history: Vec<crate::history::Record>,
+    /// Senders whose messages were accepted recently.
+    #[serde(default)]
+    pub known_good: Vec<crate::known_good::GoodRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ impl State {
             version: VERSION,
             blocks,
             history,
+            known_good: Vec::new(),
         }
     }
 

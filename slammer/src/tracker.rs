@@ -178,6 +178,20 @@ impl OffenseTracker {
         now_ns: u64,
         offense: Offense<'_>,
     ) -> Option<BlockDecision> {
+        self.record_with_threshold(client, now_ns, offense, self.config.threshold)
+    }
+
+    /// [`Self::record`] with a threshold of this client's own (for example a known-good
+    /// sender's, higher than the configured one). Such a client may hold more than
+    /// `threshold - 1` offenses, so its storage grows beyond the documented per-client size.
+    pub fn record_with_threshold(
+        &mut self,
+        client: IpAddr,
+        now_ns: u64,
+        offense: Offense<'_>,
+        threshold: u32,
+    ) -> Option<BlockDecision> {
+        let keep = usize::try_from(threshold.max(1) - 1).unwrap_or(usize::MAX);
         let client = client.to_canonical();
         let window_ns = self.window_ns;
         let prior = self.clients.get_mut(&client).map_or(0, |entry| {
@@ -189,7 +203,7 @@ impl OffenseTracker {
         });
         let label = truncate_label(offense.label);
         // `keep` is threshold - 1: this offense is the threshold-th.
-        if prior >= self.keep() {
+        if prior >= keep {
             let stamps = self
                 .clients
                 .pop(&client)
@@ -209,7 +223,7 @@ impl OffenseTracker {
                 self.evict_lru();
             }
             // Exactly `threshold - 1` slots, so the documented per-client size holds.
-            let mut stamps = VecDeque::with_capacity(self.keep());
+            let mut stamps = VecDeque::with_capacity(keep);
             stamps.push_back(stamp);
             self.clients.put(client, Client { stamps });
         }
@@ -650,6 +664,30 @@ mod tests {
         t.record(v4(1), 1, UNKNOWN);
         let d = t.record(v4(1), u64::MAX, UNKNOWN).unwrap();
         assert_eq!(d.span, Duration::from_nanos(u64::MAX - 1));
+    }
+
+    #[test]
+    fn a_client_threshold_of_its_own() {
+        let mut t = tracker(3, 60, 10);
+        let o = || Offense {
+            code: 550,
+            label: "User unknown",
+        };
+        for i in 0..14 {
+            assert!(
+                t.record_with_threshold(v4(1), i, o(), 15).is_none(),
+                "offense {i}"
+            );
+        }
+        let d = t
+            .record_with_threshold(v4(1), 14, o(), 15)
+            .expect("15th blocks");
+        assert_eq!(d.offenses, 15);
+        assert!(d.reason.starts_with("15x 550"), "{}", d.reason);
+        // Others keep the configured threshold.
+        assert!(t.record(v4(2), 0, o()).is_none());
+        assert!(t.record(v4(2), 1, o()).is_none());
+        assert!(t.record(v4(2), 2, o()).is_some());
     }
 
     #[test]
