@@ -2,8 +2,9 @@
 //! and its CLI clients.
 
 use std::{
+    ffi::{OsStr, OsString},
     fs::{self, File},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -15,8 +16,9 @@ use serde_json::Value;
 
 use crate::{
     command::{COMMAND_TIMEOUT, describe, output_within},
+    metrics::{self, Scrape},
     netns::Topology,
-    poll::POLL_INTERVAL,
+    poll::{POLL_INTERVAL, poll_until},
 };
 
 /// How long the daemon may take to load, attach and open its control socket.
@@ -47,6 +49,27 @@ pub struct DaemonConfig {
     pub ttl: String,
     /// Extra arguments appended to `slammer run` (e.g. `--allow CIDR`).
     pub extra: Vec<String>,
+}
+
+impl DaemonConfig {
+    /// The settings flags `slammer run` gets from this config: `--metrics 127.0.0.1:0`,
+    /// `--threshold`, `--window`, `--ttl`, then `extra`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--metrics",
+            "127.0.0.1:0",
+            "--threshold",
+            &self.threshold.to_string(),
+            "--window",
+            &self.window,
+            "--ttl",
+            &self.ttl,
+        ]
+        .map(str::to_owned)
+        .into();
+        args.extend(self.extra.iter().cloned());
+        args
+    }
 }
 
 impl Default for DaemonConfig {
@@ -89,11 +112,20 @@ impl DaemonPaths {
 
 /// A `slammer run` process that we started. Drop sends SIGTERM (SIGKILL after
 /// [`STOP_TIMEOUT`]), removes its pin dir if it owns it, and prints its log if the test failed.
+///
+/// One guard can run the daemon several times on the same paths ([`Daemon::kill9`] or
+/// [`Daemon::terminate`], then [`Daemon::restart`]); the pin dir stays owned across restarts.
 pub struct Daemon {
     child: Child,
     pub paths: DaemonPaths,
     owns_pin_dir: bool,
     exit: Option<ExitStatus>,
+    /// The namespace the daemon runs in (its metrics listener lives there).
+    netns: String,
+    /// Everything after `nsenter`, for [`Daemon::restart`].
+    command: Vec<OsString>,
+    /// Logs of the earlier runs of this guard, oldest first.
+    earlier_logs: Vec<PathBuf>,
 }
 
 impl Daemon {
@@ -101,6 +133,20 @@ impl Daemon {
     pub fn start(topo: &Topology, cfg: &DaemonConfig) -> Daemon {
         let mut daemon =
             Daemon::spawn(topo, &[&topo.mx_if], DaemonPaths::new(topo, "d"), cfg, true);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Like [`Daemon::start`], but `slammer run` gets exactly `args` after its path flags, and
+    /// no settings of the harness's own: a `--config` file decides everything `args` leave out.
+    pub fn start_with_args(topo: &Topology, args: &[String]) -> Daemon {
+        let mut daemon = Daemon::spawn_with_args(
+            topo,
+            &[&topo.mx_if],
+            DaemonPaths::new(topo, "d"),
+            args,
+            true,
+        );
         daemon.wait_ready();
         daemon
     }
@@ -114,43 +160,139 @@ impl Daemon {
         cfg: &DaemonConfig,
         owns_pin_dir: bool,
     ) -> Daemon {
-        let log = File::create(&paths.log)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", paths.log.display()));
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", topo.mx.path().display()))
-            .arg(slammer_bin())
-            .arg("run");
+        Daemon::spawn_with_args(topo, ifaces, paths, &cfg.args(), owns_pin_dir)
+    }
+
+    /// Spawns `slammer run` with the path flags (`--iface`, `--socket`, `--pin-dir`,
+    /// `--state-dir`) followed by exactly `args`, without waiting.
+    pub fn spawn_with_args(
+        topo: &Topology,
+        ifaces: &[&str],
+        paths: DaemonPaths,
+        args: &[String],
+        owns_pin_dir: bool,
+    ) -> Daemon {
+        let mut command: Vec<OsString> = vec![
+            format!("--net={}", topo.mx.path().display()).into(),
+            slammer_bin().into(),
+            "run".into(),
+        ];
         for iface in ifaces {
-            cmd.args(["--iface", iface]);
+            command.extend(["--iface".into(), OsString::from(iface)]);
         }
-        cmd.arg("--socket")
-            .arg(&paths.socket)
-            .arg("--pin-dir")
-            .arg(&paths.pin_dir)
-            .arg("--state-dir")
-            .arg(&paths.state_dir)
-            .args(["--metrics", "127.0.0.1:0"])
-            .args(["--threshold", &cfg.threshold.to_string()])
-            .args(["--window", &cfg.window])
-            .args(["--ttl", &cfg.ttl])
-            .args(&cfg.extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("SLAMMER_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe(&cmd)));
+        command.extend([
+            "--socket".into(),
+            paths.socket.clone().into(),
+            "--pin-dir".into(),
+            paths.pin_dir.clone().into(),
+            "--state-dir".into(),
+            paths.state_dir.clone().into(),
+        ]);
+        command.extend(args.iter().map(OsString::from));
+        let child = launch(&command, &paths.log);
         Daemon {
             child,
             paths,
             owns_pin_dir,
             exit: None,
+            netns: topo.mx.name().to_owned(),
+            command,
+            earlier_logs: Vec::new(),
         }
+    }
+
+    /// Runs `slammer run` again, with the same arguments (socket, pin dir, state dir, settings),
+    /// after the previous run exited ([`Daemon::kill9`], [`Daemon::terminate`]), and waits until it
+    /// is ready. Each run logs to its own file (`daemon.log`, `daemon.2.log`, ...); [`Daemon::log`]
+    /// reads the current one.
+    pub fn restart(&mut self) {
+        if let Some(status) = self.try_exit() {
+            eprintln!("restarting the daemon (previous run: {status})");
+        } else {
+            panic!(
+                "restart: slammer run (pid {}) still runs; stop it first",
+                self.pid()
+            );
+        }
+        let run = self.earlier_logs.len() + 2;
+        let log = self.paths.log.with_file_name(format!("daemon.{run}.log"));
+        self.earlier_logs
+            .push(std::mem::replace(&mut self.paths.log, log));
+        self.child = launch(&self.command, &self.paths.log);
+        self.exit = None;
+        self.wait_ready();
+    }
+
+    /// Sends `signal` (e.g. `SIGHUP`) to the running daemon by its PID; panics if it exited.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if let Some(status) = self.try_exit() {
+            panic!(
+                "cannot send signal {signal}: slammer run already exited ({status}); log:\n{}",
+                self.log()
+            );
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the PID of our own child, which has not been reaped (try_wait saw it
+        // running), so the PID cannot belong to another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert!(
+            rc == 0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// `kill -9`: no shutdown, no last state write. Waits (bounded) until the process is gone.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        let (status, _) = self.wait_exit(STOP_TIMEOUT);
+        eprintln!("daemon (pid {}) killed with SIGKILL: {status}", self.pid());
+        status
+    }
+
+    /// SIGTERM, then waits for the daemon to exit; panics (with the log) unless it exits
+    /// successfully within [`STOP_TIMEOUT`]. Returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let start = Instant::now();
+        self.signal(libc::SIGTERM);
+        let (status, log) = self.wait_exit(STOP_TIMEOUT);
+        assert!(
+            status.success(),
+            "slammer run exited {status} after SIGTERM; log:\n{log}"
+        );
+        eprintln!(
+            "daemon (pid {}) exited {status} {:.3}s after SIGTERM",
+            self.pid(),
+            start.elapsed().as_secs_f64()
+        );
+        start.elapsed()
+    }
+
+    /// Waits (bounded) until the current run's log contains `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        poll_log(self, timeout, |log| log.contains(needle)).unwrap_or_else(|| {
+            panic!(
+                "the daemon did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// The address of the metrics listener, as logged (`metrics on http://ADDR/metrics`): with
+    /// `--metrics 127.0.0.1:0` it carries the real port. It is only reachable from the daemon's
+    /// namespace: see [`Daemon::scrape_metrics`].
+    pub fn metrics_addr(&self) -> SocketAddr {
+        const MARK: &str = "metrics on http://";
+        let log = self.wait_log(MARK, READY_TIMEOUT);
+        let line = &log[log.find(MARK).expect("waited for it") + MARK.len()..];
+        let addr = line.split(['/', '\n', ' ']).next().unwrap_or_default();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("the daemon logged an invalid metrics address {addr:?}: {e}"))
+    }
+
+    /// `GET /metrics` from inside the daemon's namespace.
+    pub fn scrape_metrics(&self) -> Scrape {
+        metrics::get(&self.netns, self.metrics_addr(), "/metrics")
     }
 
     /// Polls `slammer stats` until it exits 0; panics (with the log) if the daemon exits first or
@@ -262,11 +404,14 @@ impl Drop for Daemon {
             }
         }
         if thread::panicking() {
-            eprintln!(
-                "---- slammer daemon log ({}) ----\n{}---- end of daemon log ----",
-                self.paths.log.display(),
-                self.log()
-            );
+            for log in self.earlier_logs.iter().chain([&self.paths.log]) {
+                eprintln!(
+                    "---- slammer daemon log ({}) ----\n{}---- end of daemon log ----",
+                    log.display(),
+                    fs::read_to_string(log)
+                        .unwrap_or_else(|e| format!("<cannot read {}: {e}>\n", log.display()))
+                );
+            }
         }
         if self.owns_pin_dir
             && self.paths.pin_dir.exists()
@@ -278,6 +423,39 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Starts `nsenter <command...>` with stdout and stderr to a new file `log`.
+fn launch(command: &[OsString], log: &Path) -> Child {
+    let file = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let mut cmd = Command::new("nsenter");
+    cmd.args(command)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("SLAMMER_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup log fd"))
+        .stderr(file);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe(&cmd)))
+}
+
+/// Polls the current log of `daemon` until `done` holds for it; returns it then.
+fn poll_log(daemon: &Daemon, timeout: Duration, done: impl Fn(&str) -> bool) -> Option<String> {
+    poll_until(timeout, || {
+        let log = daemon.log();
+        done(&log).then_some(log)
+    })
+}
+
+/// Runs `slammer <args...>` without `--socket` (for `check-config`, `detach`), bounded;
+/// returns its output whatever the exit code.
+pub fn slammer<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let mut cmd = Command::new(slammer_bin());
+    cmd.args(args).env_remove("SLAMMER_SOCKET");
+    output_within(&mut cmd, COMMAND_TIMEOUT)
 }
 
 /// One row of `slammer list --json`.
@@ -293,10 +471,15 @@ pub struct BlockEntry {
 impl BlockEntry {
     /// Whether this entry is `target` (`ADDR` or `ADDR/PREFIX`; `a/32` equals `a`).
     pub fn is(&self, target: &str) -> bool {
-        match (parse_net(&self.addr), parse_net(target)) {
-            (Some(a), Some(b)) => a == b,
-            _ => self.addr == target,
-        }
+        same_target(&self.addr, target)
+    }
+}
+
+/// Whether two `ADDR` or `ADDR/PREFIX` strings name the same target (`a/32` equals `a`).
+pub fn same_target(a: &str, b: &str) -> bool {
+    match (parse_net(a), parse_net(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
     }
 }
 

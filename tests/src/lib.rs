@@ -12,6 +12,8 @@
 
 pub mod command;
 pub mod daemon;
+pub mod exim;
+pub mod metrics;
 pub mod netns;
 pub mod poll;
 pub mod postfix;
