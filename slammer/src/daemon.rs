@@ -535,16 +535,14 @@ fn handle(shared: &Shared, request: Request) -> Response {
             Err(err) => Response::error(ErrorKind::BadRequest, format!("reload refused: {err}")),
         },
         Request::Stats => {
-            let state = lock(shared);
-            let (gate, replies) = read_counters(&state.counters);
-            let table = state.engine.blocklist().table();
-            let prefixes = table.count_prefixes(true) + table.count_prefixes(false);
-            let mut daemon = serde_json::to_value(state.engine.stats()).expect("plain data");
-            daemon["tracked_clients"] = json!(state.engine.tracked_clients());
-            daemon["blocked_addresses"] = json!(table.len() - prefixes);
-            daemon["blocked_prefixes"] = json!(prefixes);
+            let s = snapshot(&lock(shared));
+            let mut daemon = serde_json::to_value(&s.engine).expect("plain data");
+            daemon["tracked_clients"] = json!(s.tracked_clients);
+            daemon["known_good_clients"] = json!(s.known_good_clients);
+            daemon["blocked_addresses"] = json!(s.blocked_addresses);
+            daemon["blocked_prefixes"] = json!(s.blocked_prefixes);
             Response::ok(Some(
-                json!({ "gate": gate, "replies": replies, "daemon": daemon }),
+                json!({ "gate": s.gate, "replies": s.replies, "daemon": daemon }),
             ))
         }
     }
