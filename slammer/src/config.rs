@@ -52,6 +52,12 @@ pub struct Settings {
     pub known_good_multiplier: u32,
     /// How long an accepted message makes its sender known-good.
     pub known_good_memory: Duration,
+    /// Distinct offending addresses of one prefix that get the prefix blocked (0 disables).
+    pub spread_min_addresses: u32,
+    pub spread_v4_prefix: u8,
+    pub spread_v6_prefix: u8,
+    /// TTL of a prefix block; `None` means the same as `ttl`.
+    pub spread_ttl: Option<Duration>,
 }
 
 /// Whether blocks are enforced.
@@ -86,6 +92,10 @@ impl Default for Settings {
             history_retention: Duration::from_secs(30 * 86_400),
             known_good_multiplier: 5,
             known_good_memory: Duration::from_secs(7 * 86_400),
+            spread_min_addresses: 4,
+            spread_v4_prefix: 24,
+            spread_v6_prefix: 64,
+            spread_ttl: None,
         }
     }
 }
@@ -119,6 +129,11 @@ pub struct FileConfig {
     pub known_good_multiplier: Option<u32>,
     #[serde(deserialize_with = "some_duration")]
     pub known_good_memory: Option<Duration>,
+    pub spread_min_addresses: Option<u32>,
+    pub spread_v4_prefix: Option<u8>,
+    pub spread_v6_prefix: Option<u8>,
+    #[serde(deserialize_with = "some_duration")]
+    pub spread_ttl: Option<Duration>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -210,6 +225,10 @@ impl FileConfig {
         take!(state_dir, pin_dir, metrics, mode);
         take!(escalation_factor, escalation_cap, history_retention);
         take!(known_good_multiplier, known_good_memory);
+        take!(spread_min_addresses, spread_v4_prefix, spread_v6_prefix);
+        if self.spread_ttl.is_some() {
+            s.spread_ttl = self.spread_ttl;
+        }
         if let Some(ports) = self.smtp_ports {
             s.smtp_ports = ports.into_iter().collect();
         }
@@ -247,6 +266,27 @@ impl Settings {
                 "escalation_factor",
                 self.escalation_factor.to_string(),
                 "must be between 1 (no escalation) and 1000",
+            );
+        }
+        if !(8..=31).contains(&self.spread_v4_prefix) {
+            return invalid(
+                "spread_v4_prefix",
+                self.spread_v4_prefix.to_string(),
+                "must be 8 to 31",
+            );
+        }
+        if !(16..=127).contains(&self.spread_v6_prefix) {
+            return invalid(
+                "spread_v6_prefix",
+                self.spread_v6_prefix.to_string(),
+                "must be 16 to 127",
+            );
+        }
+        if self.spread_min_addresses == 1 {
+            return invalid(
+                "spread_min_addresses",
+                "1".into(),
+                "must be 0 (off) or at least 2",
             );
         }
         if self.known_good_multiplier == 0 {

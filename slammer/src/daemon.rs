@@ -29,6 +29,7 @@ use crate::{
     metrics::{self, Metrics, Snapshot},
     netinfo,
     rules::RuleSet,
+    spread::SpreadConfig,
     state::{self, SavedBlock, State},
     tracker::TrackerConfig,
 };
@@ -86,6 +87,13 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
         },
         known_good_multiplier: settings.known_good_multiplier,
         known_good_memory: settings.known_good_memory,
+        spread: SpreadConfig {
+            min_addresses: settings.spread_min_addresses,
+            v4_prefix_len: settings.spread_v4_prefix,
+            v6_prefix_len: settings.spread_v6_prefix,
+            window: settings.window,
+        },
+        spread_ttl: settings.spread_ttl.unwrap_or(settings.ttl),
     })
 }
 
@@ -341,7 +349,11 @@ async fn consume_events(
             match event {
                 Ok(Event::Reply(reply)) => {
                     let outcome = state.engine.on_reply(&reply, Now::read());
+                    let prefix_blocks = state.engine.take_prefix_blocks();
                     drop(state);
+                    for (target, reason) in prefix_blocks {
+                        log::info!("blocked prefix {target}: {reason}");
+                    }
                     if let Outcome::Blocked(block) = &outcome {
                         block_latency.observe(block.latency_ns as f64 / 1e9);
                     }

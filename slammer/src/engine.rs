@@ -14,6 +14,7 @@ use crate::{
     history::{Escalation, History, Record},
     known_good::{self, GoodRecord, KnownGood},
     rules::RuleSet,
+    spread::{self, Spread, SpreadConfig},
     tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
 };
 
@@ -47,6 +48,8 @@ pub struct EngineStats {
     pub decode_errors: u64,
     /// Messages the MTA accepted (end of DATA answered with 250).
     pub accepted_messages: u64,
+    /// Prefixes blocked because their addresses spread their offenses.
+    pub prefix_blocks: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Offenses, by the name of the rule that matched.
@@ -67,6 +70,9 @@ pub struct Policy {
     /// multiplied by this (1 disables it).
     pub known_good_multiplier: u32,
     pub known_good_memory: Duration,
+    /// Blocking whole prefixes whose addresses spread their offenses.
+    pub spread: SpreadConfig,
+    pub spread_ttl: Duration,
 }
 
 impl Policy {
@@ -132,12 +138,16 @@ pub struct Engine<S> {
     allow_logged: LruCache<IpAddr, u64>,
     history: History,
     known_good: KnownGood,
+    spread: Spread,
+    /// Prefix blocks applied since the daemon last asked, with their reasons, for logging.
+    prefix_blocks: Vec<(Target, String)>,
 }
 
 impl<S: BlockStore> Engine<S> {
     pub fn new(blocklist: Blocklist<S>, policy: Policy) -> Result<Self, TrackerError> {
         let history = History::new(policy.tracker.max_clients);
         let known_good = KnownGood::new(policy.tracker.max_clients);
+        let spread = Spread::new(policy.tracker.max_clients);
         Ok(Self {
             blocklist,
             tracker: OffenseTracker::new(policy.tracker)?,
@@ -147,6 +157,8 @@ impl<S: BlockStore> Engine<S> {
             allow_logged: LruCache::new(NonZeroUsize::new(ALLOW_LOG_MEMORY).expect("non-zero")),
             history,
             known_good,
+            spread,
+            prefix_blocks: Vec::new(),
         })
     }
 
@@ -168,6 +180,8 @@ impl<S: BlockStore> Engine<S> {
             self.stats.unmatched += 1;
             return Outcome::NoOffense;
         };
+        // Owned, so the policy is free to be borrowed again below.
+        let label = rule.label().to_owned();
         self.stats.offenses += 1;
         if let Some(n) = self.stats.offenses_by_rule.get_mut(rule.name()) {
             *n += 1;
@@ -189,13 +203,14 @@ impl<S: BlockStore> Engine<S> {
             }
             return Outcome::Allowlisted { client, log };
         }
+        self.note_spread(client, reply.at_ns, now);
         if self.blocklist.is_blocked(&Target::Addr(client), now_ns) {
             self.stats.offenses_while_blocked += 1;
             return Outcome::AlreadyBlocked;
         }
         let offense = Offense {
             code: reply.code,
-            label: rule.label(),
+            label: &label,
         };
         let mut threshold = self.policy.tracker.threshold;
         if self
@@ -253,6 +268,54 @@ impl<S: BlockStore> Engine<S> {
         self.tracker.set_config(policy.tracker)?;
         self.policy = policy;
         Ok(())
+    }
+
+    /// Counts `client` towards its prefix and blocks the prefix (carved around protected
+    /// addresses) when enough of its addresses offended within the window.
+    fn note_spread(&mut self, client: IpAddr, at_ns: u64, now: Now) {
+        let Some(decision) = self.spread.note(client, at_ns, &self.policy.spread) else {
+            return;
+        };
+        let (allow, known_good, memory) = (
+            &self.policy.allow,
+            &self.known_good,
+            self.policy.known_good_memory,
+        );
+        let protected =
+            |net: &ipnet::IpNet| allow.overlaps(net) || known_good.any_in(net, now.unix_ms, memory);
+        let members: Vec<String> = decision.members.iter().map(ToString::to_string).collect();
+        for net in spread::carve(decision.prefix, &decision.members, &protected) {
+            let reason = format!(
+                "{} addresses of {} offending within {}: {}",
+                decision.members.len(),
+                decision.prefix,
+                crate::duration::format(self.policy.spread.window),
+                members.join(", ")
+            );
+            let Ok(target) = Target::new_prefix(net) else {
+                continue;
+            };
+            match self.blocklist.block(
+                now.boot_ns,
+                target,
+                self.policy.spread_ttl,
+                Source::Auto,
+                reason.clone(),
+            ) {
+                Ok(()) => {
+                    self.stats.prefix_blocks += 1;
+                    self.prefix_blocks.push((target, reason));
+                }
+                Err(err) => self
+                    .prefix_blocks
+                    .push((target, format!("not blocked: {err}"))),
+            }
+        }
+    }
+
+    /// Prefix blocks applied since the last call, with their reasons.
+    pub fn take_prefix_blocks(&mut self) -> Vec<(Target, String)> {
+        std::mem::take(&mut self.prefix_blocks)
     }
 
     /// A reply whose first byte is not past the last one seen on its connection was sent before.
@@ -391,6 +454,13 @@ mod tests {
             escalation: Escalation::default(),
             known_good_multiplier: 5,
             known_good_memory: Duration::from_secs(7 * 86_400),
+            spread: SpreadConfig {
+                min_addresses: 0,
+                v4_prefix_len: 24,
+                v6_prefix_len: 64,
+                window: Duration::from_secs(600),
+            },
+            spread_ttl: Duration::from_secs(3600),
         };
         Engine::new(Blocklist::new(store, 100), policy).unwrap()
     }
@@ -541,6 +611,13 @@ mod escalation_tests {
             escalation: Escalation::default(),
             known_good_multiplier: 5,
             known_good_memory: Duration::from_secs(7 * 86_400),
+            spread: SpreadConfig {
+                min_addresses: 0,
+                v4_prefix_len: 24,
+                v6_prefix_len: 64,
+                window: Duration::from_secs(600),
+            },
+            spread_ttl: Duration::from_secs(3600),
         };
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
         let reply = |seq| Reply {
@@ -597,6 +674,13 @@ mod known_good_tests {
             escalation: Escalation::default(),
             known_good_multiplier: 5,
             known_good_memory: Duration::from_secs(7 * 86_400),
+            spread: SpreadConfig {
+                min_addresses: 0,
+                v4_prefix_len: 24,
+                v6_prefix_len: 64,
+                window: Duration::from_secs(600),
+            },
+            spread_ttl: Duration::from_secs(3600),
         };
         assert!(policy.reported_codes().contains(&250));
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
@@ -643,5 +727,84 @@ mod known_good_tests {
             Outcome::Blocked(_)
         ));
         assert_eq!(e.stats().accepted_messages, 1);
+    }
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+    use crate::blocklist::fake::FakeStore;
+
+    #[test]
+    fn a_rotating_attacker_loses_its_prefix_but_not_the_allowlisted_neighbour() {
+        let store = FakeStore {
+            capacity: 100,
+            ..FakeStore::default()
+        };
+        let policy = Policy {
+            rules: RuleSet::defaults(),
+            allow: Allowlist::new(["198.51.100.9/32".parse().unwrap()]),
+            tracker: TrackerConfig {
+                threshold: 10,
+                window: Duration::from_secs(600),
+                max_clients: 10,
+            },
+            ttl: Duration::from_secs(3600),
+            observe: false,
+            escalation: Escalation::default(),
+            known_good_multiplier: 5,
+            known_good_memory: Duration::from_secs(7 * 86_400),
+            spread: SpreadConfig {
+                min_addresses: 4,
+                v4_prefix_len: 24,
+                v6_prefix_len: 64,
+                window: Duration::from_secs(600),
+            },
+            spread_ttl: Duration::from_secs(7200),
+        };
+        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+        let now = Now {
+            boot_ns: 1,
+            unix_ms: 1,
+        };
+        for (seq, last) in (1..).zip([200, 201, 202]) {
+            let r = Reply {
+                at_ns: 1,
+                client: format!("198.51.100.{last}").parse().unwrap(),
+                client_port: 1,
+                server_port: 25,
+                seq,
+                code: 550,
+                text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+            };
+            assert_eq!(e.on_reply(&r, now), Outcome::Counted);
+        }
+        assert!(e.take_prefix_blocks().is_empty());
+        let r = Reply {
+            at_ns: 2,
+            client: "198.51.100.203".parse().unwrap(),
+            client_port: 1,
+            server_port: 25,
+            seq: 9,
+            code: 550,
+            text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+        };
+        assert_eq!(e.on_reply(&r, now), Outcome::Counted);
+        let blocks = e.take_prefix_blocks();
+        assert!(!blocks.is_empty());
+        let keep: IpAddr = "198.51.100.9".parse().unwrap();
+        assert!(blocks.iter().all(|(t, _)| !t.contains(keep)), "{blocks:?}");
+        assert!(
+            blocks
+                .iter()
+                .any(|(t, _)| t.contains("198.51.100.201".parse().unwrap()))
+        );
+        assert!(
+            blocks[0].1.contains("4 addresses of 198.51.100.0/24"),
+            "{}",
+            blocks[0].1
+        );
+        assert_eq!(e.stats().prefix_blocks, blocks.len() as u64);
+        assert_eq!(e.blocklist().list(1)[0].expires_in_secs, 7200);
     }
 }

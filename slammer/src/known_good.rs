@@ -80,6 +80,13 @@ impl KnownGood {
         }
     }
 
+    /// Whether any known-good address lies inside `net`.
+    pub fn any_in(&self, net: &ipnet::IpNet, now_unix_ms: u64, memory: Duration) -> bool {
+        self.clients.iter().any(|(addr, &at)| {
+            net.contains(addr) && u128::from(now_unix_ms.saturating_sub(at)) < memory.as_millis()
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.clients.len()
     }

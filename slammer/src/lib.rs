@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;
 pub mod rules;
+pub mod spread;
 pub mod state;
 pub mod tracker;

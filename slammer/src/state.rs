@@ -149,19 +149,16 @@ mod tests {
     use super::*;
 
     fn dir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
         let d = std::env::temp_dir().join(format!(
-            "slammer-state-test-{}-{}",
+            "slammer-state-test-{}-{}-{}",
             std::process::id(),
-            unix_ms(SystemTime::now()) ^ u64::from(rand_tag())
+            N.fetch_add(1, Ordering::Relaxed),
+            unix_ms(SystemTime::now())
         ));
         fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    fn rand_tag() -> u32 {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        N.fetch_add(1, Ordering::Relaxed)
     }
 
     fn sample() -> State {
