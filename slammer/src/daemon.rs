@@ -351,13 +351,20 @@ async fn consume_events(
                     let outcome = state.engine.on_reply(&reply, Now::read());
                     let prefix_blocks = state.engine.take_prefix_blocks();
                     drop(state);
+                    let mut blocked = Vec::new();
                     for (target, reason) in prefix_blocks {
                         log::info!("blocked prefix {target}: {reason}");
+                        blocked.push(target);
                     }
                     if let Outcome::Blocked(block) = &outcome {
                         block_latency.observe(block.latency_ns as f64 / 1e9);
+                        blocked.push(Target::Addr(block.client));
                     }
                     report(&reply, outcome);
+                    if !blocked.is_empty() {
+                        let shared = Arc::clone(&shared);
+                        tokio::task::spawn_blocking(move || end_sessions(&shared, &blocked));
+                    }
                 }
                 Ok(Event::TlsStarted {
                     client,
@@ -397,6 +404,34 @@ fn report(reply: &events::Reply, outcome: Outcome) {
             log::debug!("offense by {}: {} {}", reply.client, reply.code, reply.text);
         }
         _ => {}
+    }
+}
+
+/// Destroys the open SMTP sessions of newly blocked targets, so their smtpd processes are
+/// freed now instead of at a timeout. Not in observe mode: nothing is blocked there.
+fn end_sessions(shared: &Shared, targets: &[Target]) {
+    let (ports, observe) = {
+        let inner = lock(shared);
+        (
+            inner.settings.smtp_ports.clone(),
+            inner.engine.policy().observe,
+        )
+    };
+    if observe {
+        return;
+    }
+    for target in targets {
+        match crate::sessions::destroy(target, &ports) {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!("ended {n} open SMTP sessions of {target}");
+                lock(shared).engine.on_sessions_destroyed(n);
+            }
+            Err(err) => log::warn!(
+                "cannot end the SMTP sessions of {target}: {:#}",
+                anyhow::Error::from(err)
+            ),
+        }
     }
 }
 
@@ -508,12 +543,12 @@ fn handle(shared: &Shared, request: Request) -> Response {
                 crate::reply_text::MAX_TEXT,
             );
             let ttl = ttl_secs.map(Duration::from_secs);
-            match lock(shared)
-                .engine
-                .block_manual(clock::boot_ns(), target, ttl, reason.clone())
-            {
+                        // Bound first: the guard must be gone before `end_sessions` locks again.
+            let blocked = lock(shared).engine.block_manual(clock::boot_ns(), target, ttl, reason.clone());
+            match blocked {
                 Ok(()) => {
                     log::info!("blocked {target} by request: {reason}");
+                    end_sessions(shared, &[target]);
                     Response::ok(None)
                 }
                 Err(e) => block_error(&e),

@@ -50,6 +50,8 @@ pub struct EngineStats {
     pub accepted_messages: u64,
     /// Prefixes blocked because their addresses spread their offenses.
     pub prefix_blocks: u64,
+    /// Open SMTP sessions of blocked clients ended (sock_diag destroy).
+    pub sessions_destroyed: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Offenses, by the name of the rule that matched.
@@ -329,6 +331,10 @@ impl<S: BlockStore> Engine<S> {
         }
         self.last_seq.put(key, reply.seq);
         false
+    }
+
+    pub fn on_sessions_destroyed(&mut self, n: usize) {
+        self.stats.sessions_destroyed += n as u64;
     }
 
     pub fn on_tls_started(&mut self) {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;
 pub mod rules;
+pub mod sessions;
 pub mod spread;
 pub mod state;
 pub mod tracker;

@@ -138,6 +138,18 @@ impl Collector for SlammerCollector {
         )?;
         counter(
             &mut e,
+            "sessions_destroyed",
+            "Open SMTP sessions of blocked clients ended at block time",
+            st.sessions_destroyed,
+        )?;
+        counter(
+            &mut e,
+            "prefix_blocks",
+            "Prefixes blocked because several of their addresses offended",
+            st.prefix_blocks,
+        )?;
+        counter(
+            &mut e,
             "dropped_packets",
             "Packets dropped by the XDP gate",
             s.gate["dropped_packets"],
