@@ -38,7 +38,9 @@ pub mod replies {
     pub const PARSE_ERRORS: u32 = 6;
     /// Segments longer than the scan window; bytes past it were not read.
     pub const TRUNCATED_SCANS: u32 = 7;
-    pub const LEN: u32 = 8;
+    /// Reported 2xx replies (accepted messages, for known-good senders).
+    pub const MATCHED_2XX: u32 = 8;
+    pub const LEN: u32 = 9;
     pub const NAMES: [&str; LEN as usize] = [
         "segments_inspected",
         "replies_seen",
@@ -48,5 +50,6 @@ pub mod replies {
         "ringbuf_full",
         "parse_errors",
         "truncated_scans",
+        "matched_2xx",
     ];
 }

@@ -270,10 +270,10 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
     if code >= MAX_CODE || !REPLY_CODES.get(code).is_some_and(|&report| report != 0) {
         return;
     }
-    let class = if code >= 500 {
-        counter::MATCHED_5XX
-    } else {
-        counter::MATCHED_4XX
+    let class = match code {
+        500.. => counter::MATCHED_5XX,
+        400..500 => counter::MATCHED_4XX,
+        _ => counter::MATCHED_2XX,
     };
     count(&REPLY_COUNTERS, class, 1);
     emit(seg, s, kind::REJECTION, code, first);

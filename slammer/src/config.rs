@@ -58,6 +58,11 @@ pub struct Settings {
     pub spread_v6_prefix: u8,
     /// TTL of a prefix block; `None` means the same as `ttl`.
     pub spread_ttl: Option<Duration>,
+    /// Commands run when blocks are applied and removed.
+    pub hooks: crate::hooks::HooksConfig,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or `env_logger` syntax);
+    /// `RUST_LOG` wins when set.
+    pub log_level: String,
 }
 
 /// Whether blocks are enforced.
@@ -96,6 +101,8 @@ impl Default for Settings {
             spread_v4_prefix: 24,
             spread_v6_prefix: 64,
             spread_ttl: None,
+            hooks: crate::hooks::HooksConfig::default(),
+            log_level: "info".to_owned(),
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct FileConfig {
     pub spread_v6_prefix: Option<u8>,
     #[serde(deserialize_with = "some_duration")]
     pub spread_ttl: Option<Duration>,
+    pub hooks: Option<crate::hooks::HooksConfig>,
+    pub log_level: Option<String>,
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -161,6 +170,8 @@ pub enum ConfigError {
     },
     #[error("invalid reply rules")]
     Rules(#[source] crate::rules::RuleError),
+    #[error("invalid hooks")]
+    Hooks(#[source] crate::hooks::HookError),
 }
 
 /// Where settings come from, kept by the daemon so a reload rebuilds them the same way.
@@ -225,7 +236,13 @@ impl FileConfig {
         take!(state_dir, pin_dir, metrics, mode);
         take!(escalation_factor, escalation_cap, history_retention);
         take!(known_good_multiplier, known_good_memory);
-        take!(spread_min_addresses, spread_v4_prefix, spread_v6_prefix);
+        take!(
+            spread_min_addresses,
+            spread_v4_prefix,
+            spread_v6_prefix,
+            hooks,
+            log_level
+        );
         if self.spread_ttl.is_some() {
             s.spread_ttl = self.spread_ttl;
         }
@@ -289,6 +306,20 @@ impl Settings {
                 "must be 0 (off) or at least 2",
             );
         }
+        if let Err(err) = self.hooks.clone().validate() {
+            return Err(ConfigError::Hooks(err));
+        }
+        let plain_level = ["error", "warn", "info", "debug", "trace", "off"]
+            .iter()
+            .any(|l| self.log_level.eq_ignore_ascii_case(l));
+        // `module=level` directives are env_logger's to judge.
+        if !plain_level && !self.log_level.contains('=') {
+            return invalid(
+                "log_level",
+                self.log_level.clone(),
+                "use error, warn, info, debug or trace",
+            );
+        }
         if self.known_good_multiplier == 0 {
             return invalid(
                 "known_good_multiplier",
@@ -322,6 +353,12 @@ impl Settings {
         }
         if self.capacity != new.capacity {
             changed.push("capacity");
+        }
+        if self.hooks != new.hooks {
+            changed.push("hooks");
+        }
+        if self.log_level != new.log_level {
+            changed.push("log_level");
         }
         changed
     }

@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    actionlog::{self, Action, ActionLog, ActionRecord},
     addr::Target,
     allow::Allowlist,
     blocklist::{Block, BlockError, Blocklist, Source},
@@ -25,6 +26,7 @@ use crate::{
     engine::{Engine, Now, Outcome, Policy},
     events::{self, Event},
     history::Escalation,
+    hooks::{HookEvent, HookRunner},
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
     metrics::{self, Metrics, Snapshot},
     netinfo,
@@ -45,6 +47,40 @@ struct Inner {
     /// Where the settings came from, and what they are now.
     source: ConfigSource,
     settings: Settings,
+    actions: ActionLog,
+    hooks: HookRunner,
+}
+
+/// Writes a block or unblock to the action log and hands it to the hooks (not in observe mode,
+/// where nothing is blocked).
+fn announce(inner: &mut Inner, action: Action, target: &Target, source: &str, reason: &str) {
+    let ttl = match action {
+        Action::Block => inner
+            .engine
+            .blocklist()
+            .get(target)
+            .map(|b| Duration::from_nanos(b.expires_at_ns.saturating_sub(clock::boot_ns()))),
+        Action::Unblock => None,
+    };
+    let at = std::time::SystemTime::now();
+    inner.actions.record(&ActionRecord {
+        at,
+        action,
+        target,
+        ttl,
+        source,
+        reason,
+    });
+    if !inner.engine.policy().observe {
+        let event = HookEvent {
+            action,
+            target: *target,
+            ttl,
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+        };
+        inner.hooks.notify(event);
+    }
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -123,6 +159,8 @@ pub async fn run(
     let metrics_listener = metrics::bind(settings.metrics).await?;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("cannot create state dir {}", settings.state_dir.display()))?;
+    let actions = ActionLog::open(&settings.state_dir.join(actionlog::FILE_NAME))?;
+    let hooks = HookRunner::spawn(settings.hooks.clone().validate()?);
 
     let mut kernel = Kernel::load(&LoadOptions {
         pin_dir: &settings.pin_dir,
@@ -140,11 +178,12 @@ pub async fn run(
 
     let mut blocklist = Blocklist::new(store, settings.capacity);
     let saved = load_state(&settings.state_dir);
-    if kernel.fresh_maps() {
-        restore_saved(&mut blocklist, &saved);
+    let restored = if kernel.fresh_maps() {
+        restore_saved(&mut blocklist, &saved)
     } else {
         adopt_pinned(&mut blocklist, &saved);
-    }
+        Vec::new()
+    };
     blocklist.store_mut().set_observe(policy.observe)?;
     if policy.observe {
         log::warn!("observe mode: blocks are decided, listed and counted, but nothing is dropped");
@@ -159,7 +198,16 @@ pub async fn run(
         kernel,
         source,
         settings: settings.clone(),
+        actions,
+        hooks,
     }));
+    {
+        // After a reboot the hooks' effects (null routes, announcements) are gone too.
+        let mut inner = lock(&shared);
+        for (target, reason) in &restored {
+            announce(&mut inner, Action::Block, target, "restored", reason);
+        }
+    }
     log::info!(
         "slammer running on {} (SMTP ports {:?}, threshold {} in {}, TTL {}), control socket {}",
         interfaces.join(", "),
@@ -252,10 +300,10 @@ fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
 }
 
 /// After a reboot (or with maps of an incompatible build) the state file is all there is.
-fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
+fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: &State) -> Vec<(Target, String)> {
     let now = clock::boot_ns();
     let now_ms = state::unix_ms(std::time::SystemTime::now());
-    let mut restored = 0;
+    let mut restored = Vec::new();
     for block in &saved.blocks {
         let Some(left_ms) = block
             .expires_at_unix_ms
@@ -271,13 +319,14 @@ fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
             reason: block.reason.clone(),
         };
         match blocklist.insert(block.target, restored_block) {
-            Ok(()) => restored += 1,
+            Ok(()) => restored.push((block.target, block.reason.clone())),
             Err(err) => log::error!("cannot restore the block of {}: {err}", block.target),
         }
     }
-    if restored > 0 {
-        log::info!("restored {restored} blocks from the state file");
+    if !restored.is_empty() {
+        log::info!("restored {} blocks from the state file", restored.len());
     }
+    restored
 }
 
 /// The blocklist as the state file holds it.
@@ -350,6 +399,18 @@ async fn consume_events(
                 Ok(Event::Reply(reply)) => {
                     let outcome = state.engine.on_reply(&reply, Now::read());
                     let prefix_blocks = state.engine.take_prefix_blocks();
+                    for (target, reason) in &prefix_blocks {
+                        announce(&mut state, Action::Block, target, "auto", reason);
+                    }
+                    if let Outcome::Blocked(block) = &outcome {
+                        announce(
+                            &mut state,
+                            Action::Block,
+                            &Target::Addr(block.client),
+                            "auto",
+                            &block.reason,
+                        );
+                    }
                     drop(state);
                     let mut blocked = Vec::new();
                     for (target, reason) in prefix_blocks {
@@ -441,6 +502,10 @@ async fn reload_on_sighup(shared: Shared) {
         return std::future::pending().await;
     };
     while hup.recv().await.is_some() {
+        // logrotate moved the action log away: write to a new file at the same path.
+        if let Err(err) = lock(&shared).actions.reopen() {
+            log::error!("{:#}", anyhow::Error::from(err));
+        }
         let shared = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || reload(&shared)).await;
     }
@@ -499,6 +564,8 @@ fn reload(shared: &Shared) -> Result<String, String> {
                 "state_dir" => kept.state_dir.clone_from(&inner.settings.state_dir),
                 "pin_dir" => kept.pin_dir.clone_from(&inner.settings.pin_dir),
                 "metrics" => kept.metrics = inner.settings.metrics,
+                "hooks" => kept.hooks.clone_from(&inner.settings.hooks),
+                "log_level" => kept.log_level.clone_from(&inner.settings.log_level),
                 _ => kept.capacity = inner.settings.capacity,
             }
         }
@@ -517,9 +584,17 @@ async fn sweep(shared: Shared) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let expired = lock(&shared).engine.sweep(clock::boot_ns());
+        let mut inner = lock(&shared);
+        let expired = inner.engine.sweep(clock::boot_ns());
         for (target, block) in expired {
             log::info!("unblocked {target}: expired ({})", block.reason);
+            announce(
+                &mut inner,
+                Action::Unblock,
+                &target,
+                "expired",
+                &block.reason,
+            );
         }
     }
 }
@@ -543,11 +618,15 @@ fn handle(shared: &Shared, request: Request) -> Response {
                 crate::reply_text::MAX_TEXT,
             );
             let ttl = ttl_secs.map(Duration::from_secs);
-                        // Bound first: the guard must be gone before `end_sessions` locks again.
-            let blocked = lock(shared).engine.block_manual(clock::boot_ns(), target, ttl, reason.clone());
+            // Bound first: the guard must be gone before `end_sessions` locks again.
+            let blocked =
+                lock(shared)
+                    .engine
+                    .block_manual(clock::boot_ns(), target, ttl, reason.clone());
             match blocked {
                 Ok(()) => {
                     log::info!("blocked {target} by request: {reason}");
+                    announce(&mut lock(shared), Action::Block, &target, "manual", &reason);
                     end_sessions(shared, &[target]);
                     Response::ok(None)
                 }
@@ -559,9 +638,17 @@ fn handle(shared: &Shared, request: Request) -> Response {
                 Ok(t) => t,
                 Err(e) => return Response::error(ErrorKind::BadRequest, e),
             };
-            match lock(shared).engine.unblock(target) {
+            let unblocked = lock(shared).engine.unblock(target);
+            match unblocked {
                 Ok(()) => {
                     log::info!("unblocked {target} by request");
+                    announce(
+                        &mut lock(shared),
+                        Action::Unblock,
+                        &target,
+                        "manual",
+                        "by request",
+                    );
                     Response::ok(None)
                 }
                 Err(e) => block_error(&e),

@@ -4,6 +4,7 @@
 //! [`rules`] -> [`tracker`] -> [`blocklist`] -> the maps the XDP gate reads. [`engine`] holds the
 //! pure decisions, [`daemon`] the I/O around them.
 
+pub mod actionlog;
 pub mod addr;
 pub mod allow;
 pub mod blocklist;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod engine;
 pub mod events;
 pub mod history;
+pub mod hooks;
 pub mod kernel;
 pub mod known_good;
 pub mod metrics;

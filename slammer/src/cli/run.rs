@@ -90,9 +90,12 @@ fn source(args: Args) -> ConfigSource {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let source = source(args);
     let settings = source.load().map_err(Failure::usage)?;
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(&settings.log_level),
+    )
+    .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
