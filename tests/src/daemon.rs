@@ -286,13 +286,19 @@ impl Daemon {
         let log = self.wait_log(MARK, READY_TIMEOUT);
         let line = &log[log.find(MARK).expect("waited for it") + MARK.len()..];
         let addr = line.split(['/', '\n', ' ']).next().unwrap_or_default();
-        addr.parse()
-            .unwrap_or_else(|e| panic!("the daemon logged an invalid metrics address {addr:?}: {e}"))
+        addr.parse().unwrap_or_else(|e| {
+            panic!("the daemon logged an invalid metrics address {addr:?}: {e}")
+        })
     }
 
     /// `GET /metrics` from inside the daemon's namespace.
     pub fn scrape_metrics(&self) -> Scrape {
-        metrics::get(&self.netns, self.metrics_addr(), "/metrics")
+        self.metrics_get("/metrics")
+    }
+
+    /// `GET path` from the metrics listener, from inside the daemon's namespace.
+    pub fn metrics_get(&self, path: &str) -> Scrape {
+        metrics::get(&self.netns, self.metrics_addr(), path)
     }
 
     /// Polls `slammer stats` until it exits 0; panics (with the log) if the daemon exits first or
