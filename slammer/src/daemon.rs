@@ -432,7 +432,7 @@ async fn consume_events(
                     client_port,
                     ..
                 }) => {
-                    state.engine.on_tls_started();
+                    state.engine.on_tls_started(client, Now::read());
                     log::debug!(
                         "{client}:{client_port} switched to TLS; its replies are not visible"
                     );

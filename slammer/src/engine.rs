@@ -13,6 +13,7 @@ use crate::{
     events::Reply,
     history::{Escalation, History, Record},
     known_good::{self, GoodRecord, KnownGood},
+    ledger::{Ledger, LogVerdict},
     rules::RuleSet,
     spread::{self, Spread, SpreadConfig},
     tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
@@ -32,8 +33,14 @@ pub struct EngineStats {
     pub duplicates: u64,
     /// Replies that matched no rule.
     pub unmatched: u64,
-    /// Replies that matched a rule.
+    /// Replies that matched a rule (from the wire or the log).
     pub offenses: u64,
+    /// Offenses counted from the wire.
+    pub offenses_wire: u64,
+    /// Offenses counted from the MTA's log (inside TLS, where the wire is blind).
+    pub offenses_log: u64,
+    /// Rejections read from the MTA's log.
+    pub log_rejections: u64,
     /// Offenses by clients on the allowlist (never blocked).
     pub allowlisted_offenses: u64,
     /// Offenses by clients already blocked (replies to sessions still in flight).
@@ -118,6 +125,8 @@ pub struct AutoBlock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Duplicate,
+    /// A log rejection the wire counted (or will count) already.
+    SeenOnWire,
     /// A message was accepted: the client is known-good for a while.
     Accepted,
     NoOffense,
@@ -141,6 +150,7 @@ pub struct Engine<S> {
     history: History,
     known_good: KnownGood,
     spread: Spread,
+    ledger: Ledger,
     /// Prefix blocks applied since the daemon last asked, with their reasons, for logging.
     prefix_blocks: Vec<(Target, String)>,
 }
@@ -150,6 +160,7 @@ impl<S: BlockStore> Engine<S> {
         let history = History::new(policy.tracker.max_clients);
         let known_good = KnownGood::new(policy.tracker.max_clients);
         let spread = Spread::new(policy.tracker.max_clients);
+        let ledger = Ledger::new(policy.tracker.max_clients);
         Ok(Self {
             blocklist,
             tracker: OffenseTracker::new(policy.tracker)?,
@@ -160,13 +171,13 @@ impl<S: BlockStore> Engine<S> {
             history,
             known_good,
             spread,
+            ledger,
             prefix_blocks: Vec::new(),
         })
     }
 
     /// Handles one reply; `now_ns` is the boot clock when the daemon read it.
     pub fn on_reply(&mut self, reply: &Reply, now: Now) -> Outcome {
-        let now_ns = now.boot_ns;
         self.stats.events += 1;
         if self.is_retransmission(reply) {
             self.stats.duplicates += 1;
@@ -178,12 +189,40 @@ impl<S: BlockStore> Engine<S> {
             self.known_good.accepted(reply.client, now.unix_ms);
             return Outcome::Accepted;
         }
-        let Some(rule) = self.policy.rules.classify(reply.code, &reply.text) else {
-            self.stats.unmatched += 1;
+        let Some(label) = self.classify(reply.code, &reply.text) else {
             return Outcome::NoOffense;
         };
-        // Owned, so the policy is free to be borrowed again below.
-        let label = rule.label().to_owned();
+        self.stats.offenses_wire += 1;
+        self.ledger
+            .wire_rejection(reply.client, reply.code, now.unix_ms);
+        self.offense(reply.client, reply.code, &label, reply.at_ns, now)
+    }
+
+    /// A rejection read from the MTA's log; it counts only where the wire was blind (TLS), see
+    /// [`crate::ledger`].
+    pub fn on_log_rejection(&mut self, client: IpAddr, code: u16, text: &str, now: Now) -> Outcome {
+        self.stats.log_rejections += 1;
+        let Some(label) = self.classify(code, text) else {
+            return Outcome::NoOffense;
+        };
+        match self
+            .ledger
+            .log_rejection(client, code, now.unix_ms, self.policy.tracker.window)
+        {
+            LogVerdict::SeenOnWire | LogVerdict::LeftToWire => Outcome::SeenOnWire,
+            LogVerdict::Count => {
+                self.stats.offenses_log += 1;
+                self.offense(client, code, &label, now.boot_ns, now)
+            }
+        }
+    }
+
+    /// The label of the rule a reply matches, counting it by rule.
+    fn classify(&mut self, code: u16, text: &str) -> Option<String> {
+        let Some(rule) = self.policy.rules.classify(code, text) else {
+            self.stats.unmatched += 1;
+            return None;
+        };
         self.stats.offenses += 1;
         if let Some(n) = self.stats.offenses_by_rule.get_mut(rule.name()) {
             *n += 1;
@@ -192,7 +231,12 @@ impl<S: BlockStore> Engine<S> {
                 .offenses_by_rule
                 .insert(rule.name().to_owned(), 1);
         }
-        let client = reply.client;
+        Some(rule.label().to_owned())
+    }
+
+    /// Counts one offense of `client` (at `at_ns`, boot clock) and blocks it at its threshold.
+    fn offense(&mut self, client: IpAddr, code: u16, label: &str, at_ns: u64, now: Now) -> Outcome {
+        let now_ns = now.boot_ns;
         if self.policy.allow.contains(client) {
             self.stats.allowlisted_offenses += 1;
             let window = u64::try_from(self.policy.tracker.window.as_nanos()).unwrap_or(u64::MAX);
@@ -205,15 +249,11 @@ impl<S: BlockStore> Engine<S> {
             }
             return Outcome::Allowlisted { client, log };
         }
-        self.note_spread(client, reply.at_ns, now);
+        self.note_spread(client, at_ns, now);
         if self.blocklist.is_blocked(&Target::Addr(client), now_ns) {
             self.stats.offenses_while_blocked += 1;
             return Outcome::AlreadyBlocked;
         }
-        let offense = Offense {
-            code: reply.code,
-            label: &label,
-        };
         let mut threshold = self.policy.tracker.threshold;
         if self
             .known_good
@@ -221,9 +261,10 @@ impl<S: BlockStore> Engine<S> {
         {
             threshold = threshold.saturating_mul(self.policy.known_good_multiplier.max(1));
         }
-        let Some(decision) =
-            self.tracker
-                .record_with_threshold(client, reply.at_ns, offense, threshold)
+        let offense = Offense { code, label };
+        let Some(decision) = self
+            .tracker
+            .record_with_threshold(client, at_ns, offense, threshold)
         else {
             return Outcome::Counted;
         };
@@ -252,7 +293,7 @@ impl<S: BlockStore> Engine<S> {
                 Outcome::Blocked(AutoBlock {
                     client: decision.client,
                     reason,
-                    latency_ns: crate::clock::boot_ns().saturating_sub(reply.at_ns),
+                    latency_ns: crate::clock::boot_ns().saturating_sub(at_ns),
                 })
             }
             Err(err) => {
@@ -337,8 +378,10 @@ impl<S: BlockStore> Engine<S> {
         self.stats.sessions_destroyed += n as u64;
     }
 
-    pub fn on_tls_started(&mut self) {
+    /// A session of `client` switched to TLS: its log rejections count for a while.
+    pub fn on_tls_started(&mut self, client: IpAddr, now: Now) {
         self.stats.tls_sessions += 1;
+        self.ledger.tls_started(client, now.unix_ms);
     }
 
     pub fn on_decode_error(&mut self) {

@@ -20,6 +20,7 @@ pub mod history;
 pub mod hooks;
 pub mod kernel;
 pub mod known_good;
+pub mod ledger;
 pub mod metrics;
 pub mod netinfo;
 pub mod reply_text;
