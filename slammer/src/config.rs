@@ -172,6 +172,12 @@ pub enum ConfigError {
     Rules(#[source] crate::rules::RuleError),
     #[error("invalid hooks")]
     Hooks(#[source] crate::hooks::HookError),
+    #[error("in {path} (or the command line)")]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<ConfigError>,
+    },
 }
 
 /// Where settings come from, kept by the daemon so a reload rebuilds them the same way.
@@ -193,7 +199,10 @@ impl ConfigSource {
         FileConfig::load(&self.path, self.required)?.apply(&mut settings);
         self.flags.clone().apply(&mut settings);
         settings.allow.extend(self.extra_allow.iter().copied());
-        settings.validate()?;
+        settings.validate().map_err(|source| ConfigError::InFile {
+            path: self.path.clone(),
+            source: Box::new(source),
+        })?;
         Ok(settings)
     }
 }

@@ -104,6 +104,16 @@ impl Collector for SlammerCollector {
             "pattern",
             st.offenses_by_rule.iter().map(|(r, n)| (r.clone(), *n)),
         )?;
+        labelled(
+            &mut e,
+            "offenses_by_source",
+            "Offenses by where they were seen: wire (egress classifier) or log (inside TLS)",
+            "source",
+            [
+                ("wire".to_owned(), st.offenses_wire),
+                ("log".to_owned(), st.offenses_log),
+            ],
+        )?;
         counter(
             &mut e,
             "allowlisted_offenses",

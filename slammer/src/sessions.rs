@@ -101,10 +101,28 @@ impl Netlink {
             )
         };
         if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(Self(fd))
+            return Err(io::Error::last_os_error());
         }
+        let nl = Self(fd);
+        // The kernel answers at once; a bound keeps a lost answer from stalling a block.
+        let timeout = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: valid fd and option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                nl.0,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(size_of::<libc::timeval>()).expect("small"),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(nl)
     }
 
     fn send(&self, kind: u16, flags: u16, seq: u32, req: DiagReq) -> io::Result<()> {
