@@ -515,6 +515,7 @@ async fn reload_on_sighup(shared: Shared) {
 /// codes. An invalid configuration changes nothing.
 fn reload(shared: &Shared) -> Result<String, String> {
     let mut inner = lock(shared);
+    let was_observing = inner.engine.policy().observe;
     let loaded = inner
         .source
         .load()
@@ -576,6 +577,20 @@ fn reload(shared: &Shared) -> Result<String, String> {
         Ok(message) => log::info!("{message}"),
         Err(err) => log::error!("reload refused, keeping the running configuration: {err}"),
     }
+    // From observe to enforce: the pending blocks apply now, and so does freeing their slots.
+    let now_enforced: Vec<Target> = if was_observing && !inner.engine.policy().observe {
+        inner
+            .engine
+            .blocklist()
+            .table()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(inner);
+    end_sessions(shared, &now_enforced);
     applied
 }
 

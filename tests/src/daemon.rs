@@ -438,7 +438,11 @@ fn launch(command: &[OsString], log: &Path) -> Child {
     cmd.args(command)
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            // An empty RUST_LOG (set but blank) would silence the log the harness waits on.
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "info".into()),
         )
         .env_remove("SLAMMER_SOCKET")
         .stdin(Stdio::null())
@@ -472,12 +476,39 @@ pub struct BlockEntry {
     pub reason: String,
     pub source: String,
     pub dropped_packets: u64,
+    /// `address` or `prefix`.
+    #[serde(default)]
+    pub kind: String,
+    /// False in observe mode (listed and counted, not dropped).
+    #[serde(default = "enforced_by_default")]
+    pub enforced: bool,
+}
+
+fn enforced_by_default() -> bool {
+    true
 }
 
 impl BlockEntry {
     /// Whether this entry is `target` (`ADDR` or `ADDR/PREFIX`; `a/32` equals `a`).
     pub fn is(&self, target: &str) -> bool {
         same_target(&self.addr, target)
+    }
+
+    /// Whether the entry (an address or a prefix) covers `addr`.
+    pub fn covers(&self, addr: IpAddr) -> bool {
+        let (net, len) = parse_net(&self.addr)
+            .unwrap_or_else(|| panic!("`slammer list` shows an invalid target: {self:?}"));
+        match (net, addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
     }
 }
 

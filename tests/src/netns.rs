@@ -102,6 +102,7 @@ impl Drop for Netns {
 /// ```text
 ///   mx (protected host)                          cl (clients)
 ///   <x>m  10.231.N.1/24  fd31:N::1/64   <==>   <x>c  10.231.N.2, .3/24  fd31:N::2, ::3/64
+///                                                    (+ extra: 10.231.N.10.., fd31:N::10..)
 /// ```
 /// The daemon runs in `mx` on `mx_if`. `N` differs between the tests of one process. Fields drop
 /// in order: namespaces first, the scratch directory (logs) last.
@@ -113,7 +114,13 @@ pub struct Topology {
     pub mx: Netns,
     pub cl: Netns,
     pub dir: Scratch,
+    /// How many extra client addresses per family ([`Topology::with_extra_clients`]).
+    extra_clients: u8,
 }
+
+/// Most extra client addresses per family: `10.231.N.10..=25` and `fd31:N::10..=1f` (the
+/// addresses are written alike in both families, so the IPv6 ones count in hex).
+pub const MAX_EXTRA_CLIENTS: u8 = 16;
 
 impl Topology {
     #[expect(
@@ -121,6 +128,17 @@ impl Topology {
         reason = "creating namespaces is not a default value"
     )]
     pub fn new() -> Topology {
+        Topology::with_extra_clients(0)
+    }
+
+    /// Like [`Topology::new`], plus `count` more client addresses per family on the cl side, in
+    /// the same /24 and /64: `10.231.N.10`, `.11`, ... and `fd31:N::10`, `::11`, ... (see
+    /// [`Topology::extra_clients`]). For tests that need many sources of one prefix.
+    pub fn with_extra_clients(count: u8) -> Topology {
+        assert!(
+            count <= MAX_EXTRA_CLIENTS,
+            "at most {MAX_EXTRA_CLIENTS} extra client addresses per family, not {count}"
+        );
         require_root();
         let id = loop {
             let id = unique_id();
@@ -162,6 +180,7 @@ impl Topology {
             mx,
             cl,
             dir,
+            extra_clients: count,
         };
         let (mx_if, cl_if) = (topo.mx_if.as_str(), topo.cl_if.as_str());
         topo.mx
@@ -174,22 +193,16 @@ impl Topology {
             mx_if,
             "nodad",
         ]);
-        for host in [2, 3] {
-            topo.cl.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", topo.cl4(host)),
-                "dev",
-                cl_if,
-            ]);
-            topo.cl.ip(&[
-                "addr",
-                "add",
-                &format!("{}/64", topo.cl6(host)),
-                "dev",
-                cl_if,
-                "nodad",
-            ]);
+        for addr in topo.client_addrs() {
+            let (len, nodad) = if addr.is_ipv4() {
+                ("24", None)
+            } else {
+                ("64", Some("nodad"))
+            };
+            let cidr = format!("{addr}/{len}");
+            let mut args = vec!["addr", "add", &cidr, "dev", cl_if];
+            args.extend(nodad);
+            topo.cl.ip(&args);
         }
         topo.mx.ip(&["link", "set", mx_if, "up"]);
         topo.cl.ip(&["link", "set", cl_if, "up"]);
@@ -215,6 +228,28 @@ impl Topology {
     /// A client IPv6 address, `fd31:N::<host>` (2 or 3).
     pub fn cl6(&self, host: u8) -> IpAddr {
         self.v6(host.into())
+    }
+
+    /// The extra client addresses of one family, in order: `10.231.N.10`, `.11`, ... or
+    /// `fd31:N::10`, `::11`, ... (empty unless made by [`Topology::with_extra_clients`]).
+    pub fn extra_clients(&self, v6: bool) -> Vec<IpAddr> {
+        (0..self.extra_clients)
+            .map(|i| {
+                if v6 {
+                    self.v6(0x10 + u16::from(i))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(10, 231, self.n, 10 + i))
+                }
+            })
+            .collect()
+    }
+
+    /// Every client address of the cl side: `.2`, `.3`, `::2`, `::3` and the extra ones.
+    pub fn client_addrs(&self) -> Vec<IpAddr> {
+        let mut addrs = vec![self.cl4(2), self.cl4(3), self.cl6(2), self.cl6(3)];
+        addrs.extend(self.extra_clients(false));
+        addrs.extend(self.extra_clients(true));
+        addrs
     }
 
     fn v6(&self, host: u16) -> IpAddr {
@@ -319,7 +354,7 @@ impl Topology {
         }
         let listener = self.listen_mx(0);
         let port = listener.local_addr().expect("local_addr").port();
-        for src in [self.cl4(2), self.cl4(3), self.cl6(2), self.cl6(3)] {
+        for src in self.client_addrs() {
             wait_until(
                 &format!("{src} to reach mx (topology setup)"),
                 Duration::from_secs(5),

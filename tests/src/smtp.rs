@@ -88,6 +88,19 @@ impl Smtp {
             .unwrap_or_else(|e| panic!("reading the reply to {line:?}: {e}"))
     }
 
+    /// Like [`Smtp::cmd`], but waits at most `timeout` for the reply and returns the error (a
+    /// reset, a closed connection, a timeout) instead of panicking: for sessions that may have
+    /// been cut.
+    pub fn try_cmd(&mut self, line: &str, timeout: Duration) -> io::Result<Reply> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let reply = self
+            .stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .and_then(|()| self.read_reply());
+        let _ = self.stream.set_read_timeout(Some(REPLY_TIMEOUT));
+        reply
+    }
+
     /// Sends one command and panics unless the reply has the `expected` code.
     pub fn expect(&mut self, line: &str, expected: u16) -> Reply {
         let reply = self.cmd(line);
