@@ -60,6 +60,8 @@ pub struct Settings {
     pub spread_ttl: Option<Duration>,
     /// Commands run when blocks are applied and removed.
     pub hooks: crate::hooks::HooksConfig,
+    /// The MTA's logs, read for rejections inside TLS sessions.
+    pub logs: Vec<crate::logsource::LogSpec>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or `env_logger` syntax);
     /// `RUST_LOG` wins when set.
     pub log_level: String,
@@ -102,6 +104,7 @@ impl Default for Settings {
             spread_v6_prefix: 64,
             spread_ttl: None,
             hooks: crate::hooks::HooksConfig::default(),
+            logs: Vec::new(),
             log_level: "info".to_owned(),
         }
     }
@@ -142,6 +145,7 @@ pub struct FileConfig {
     #[serde(deserialize_with = "some_duration")]
     pub spread_ttl: Option<Duration>,
     pub hooks: Option<crate::hooks::HooksConfig>,
+    pub logs: Option<Vec<crate::logsource::LogSpec>>,
     pub log_level: Option<String>,
 }
 
@@ -172,6 +176,8 @@ pub enum ConfigError {
     Rules(#[source] crate::rules::RuleError),
     #[error("invalid hooks")]
     Hooks(#[source] crate::hooks::HookError),
+    #[error("invalid log source")]
+    Logs(#[source] crate::logsource::LogSpecError),
     #[error("in {path} (or the command line)")]
     InFile {
         path: PathBuf,
@@ -242,7 +248,7 @@ impl FileConfig {
             max_clients,
             socket
         );
-        take!(state_dir, pin_dir, metrics, mode);
+        take!(state_dir, pin_dir, metrics, mode, logs);
         take!(escalation_factor, escalation_cap, history_retention);
         take!(known_good_multiplier, known_good_memory);
         take!(
@@ -315,6 +321,9 @@ impl Settings {
                 "must be 0 (off) or at least 2",
             );
         }
+        for spec in &self.logs {
+            spec.validate().map_err(ConfigError::Logs)?;
+        }
         if let Err(err) = self.hooks.clone().validate() {
             return Err(ConfigError::Hooks(err));
         }
@@ -365,6 +374,9 @@ impl Settings {
         }
         if self.hooks != new.hooks {
             changed.push("hooks");
+        }
+        if self.logs != new.logs {
+            changed.push("logs");
         }
         if self.log_level != new.log_level {
             changed.push("log_level");

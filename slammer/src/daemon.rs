@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -28,7 +29,9 @@ use crate::{
     history::Escalation,
     hooks::{HookEvent, HookRunner},
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
+    logsource::{self, LogStats},
     metrics::{self, Metrics, Snapshot},
+    mtalog::LogRejection,
     netinfo,
     rules::RuleSet,
     spread::SpreadConfig,
@@ -49,6 +52,7 @@ struct Inner {
     settings: Settings,
     actions: ActionLog,
     hooks: HookRunner,
+    log_stats: Arc<LogStats>,
 }
 
 /// Writes a block or unblock to the action log and hands it to the hooks (not in observe mode,
@@ -160,6 +164,7 @@ pub async fn run(
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("cannot create state dir {}", settings.state_dir.display()))?;
     let actions = ActionLog::open(&settings.state_dir.join(actionlog::FILE_NAME))?;
+    let log_stats = Arc::new(LogStats::default());
     let hooks = HookRunner::spawn(settings.hooks.clone().validate()?);
 
     let mut kernel = Kernel::load(&LoadOptions {
@@ -200,7 +205,9 @@ pub async fn run(
         settings: settings.clone(),
         actions,
         hooks,
+        log_stats: Arc::clone(&log_stats),
     }));
+    logsource::spawn_all(&settings.logs, &log_sink(&shared), &log_stats);
     {
         // After a reboot the hooks' effects (null routes, announcements) are gone too.
         let mut inner = lock(&shared);
@@ -398,30 +405,10 @@ async fn consume_events(
             match event {
                 Ok(Event::Reply(reply)) => {
                     let outcome = state.engine.on_reply(&reply, Now::read());
-                    let prefix_blocks = state.engine.take_prefix_blocks();
-                    for (target, reason) in &prefix_blocks {
-                        announce(&mut state, Action::Block, target, "auto", reason);
-                    }
-                    if let Outcome::Blocked(block) = &outcome {
-                        announce(
-                            &mut state,
-                            Action::Block,
-                            &Target::Addr(block.client),
-                            "auto",
-                            &block.reason,
-                        );
-                    }
-                    drop(state);
-                    let mut blocked = Vec::new();
-                    for (target, reason) in prefix_blocks {
-                        log::info!("blocked prefix {target}: {reason}");
-                        blocked.push(target);
-                    }
                     if let Outcome::Blocked(block) = &outcome {
                         block_latency.observe(block.latency_ns as f64 / 1e9);
-                        blocked.push(Target::Addr(block.client));
                     }
-                    report(&reply, outcome);
+                    let blocked = settle(state, (reply.client, reply.code, &reply.text), outcome);
                     if !blocked.is_empty() {
                         let shared = Arc::clone(&shared);
                         tokio::task::spawn_blocking(move || end_sessions(&shared, &blocked));
@@ -447,7 +434,25 @@ async fn consume_events(
     }
 }
 
-fn report(reply: &events::Reply, outcome: Outcome) {
+/// Announces and logs what an offense led to, releasing the lock; returns the newly blocked
+/// targets, whose open sessions the caller ends (outside any async worker).
+fn settle(
+    mut state: MutexGuard<'_, Inner>,
+    (client, code, text): (IpAddr, u16, &str),
+    outcome: Outcome,
+) -> Vec<Target> {
+    let mut blocked = Vec::new();
+    for (target, reason) in state.engine.take_prefix_blocks() {
+        announce(&mut state, Action::Block, &target, "auto", &reason);
+        log::info!("blocked prefix {target}: {reason}");
+        blocked.push(target);
+    }
+    if let Outcome::Blocked(block) = &outcome {
+        let target = Target::Addr(block.client);
+        announce(&mut state, Action::Block, &target, "auto", &block.reason);
+        blocked.push(target);
+    }
+    drop(state);
     match outcome {
         Outcome::Blocked(block) => log::info!(
             "blocked {}: {} ({:.2} ms after the reply left)",
@@ -456,16 +461,31 @@ fn report(reply: &events::Reply, outcome: Outcome) {
             block.latency_ns as f64 / 1e6
         ),
         Outcome::BlockFailed(err) => log::error!("{err}"),
-        Outcome::Allowlisted { client, log: true } => log::warn!(
-            "allowlisted client {client} got {} \"{}\"; it is never blocked",
-            reply.code,
-            reply.text
-        ),
-        Outcome::Counted => {
-            log::debug!("offense by {}: {} {}", reply.client, reply.code, reply.text);
+        Outcome::Allowlisted { client, log: true } => {
+            log::warn!("allowlisted client {client} got {code} \"{text}\"; it is never blocked")
         }
+        Outcome::Counted => log::debug!("offense by {client}: {code} {text}"),
         _ => {}
     }
+    blocked
+}
+
+/// Rejections read from the MTA's log: sanitised like wire replies, then judged by the engine.
+fn log_sink(shared: &Shared) -> logsource::Sink {
+    let shared = Arc::clone(shared);
+    Arc::new(move |rejection: LogRejection| {
+        let text = crate::reply_text::sanitize(&rejection.text, crate::reply_text::MAX_TEXT);
+        let mut state = lock(&shared);
+        let outcome = state.engine.on_log_rejection(
+            rejection.client,
+            rejection.code,
+            &text,
+            rejection.tls,
+            Now::read(),
+        );
+        let blocked = settle(state, (rejection.client, rejection.code, &text), outcome);
+        end_sessions(&shared, &blocked);
+    })
 }
 
 /// Destroys the open SMTP sessions of newly blocked targets, so their smtpd processes are
@@ -566,6 +586,7 @@ fn reload(shared: &Shared) -> Result<String, String> {
                 "pin_dir" => kept.pin_dir.clone_from(&inner.settings.pin_dir),
                 "metrics" => kept.metrics = inner.settings.metrics,
                 "hooks" => kept.hooks.clone_from(&inner.settings.hooks),
+                "logs" => kept.logs.clone_from(&inner.settings.logs),
                 "log_level" => kept.log_level.clone_from(&inner.settings.log_level),
                 _ => kept.capacity = inner.settings.capacity,
             }
@@ -688,6 +709,9 @@ fn handle(shared: &Shared, request: Request) -> Response {
             let mut daemon = serde_json::to_value(&s.engine).expect("plain data");
             daemon["tracked_clients"] = json!(s.tracked_clients);
             daemon["known_good_clients"] = json!(s.known_good_clients);
+            daemon["log_lines"] = json!(s.log_lines);
+            daemon["log_unparseable"] = json!(s.log_unparseable);
+            daemon["log_errors"] = json!(s.log_errors);
             daemon["blocked_addresses"] = json!(s.blocked_addresses);
             daemon["blocked_prefixes"] = json!(s.blocked_prefixes);
             Response::ok(Some(
@@ -707,6 +731,18 @@ fn snapshot(state: &Inner) -> Snapshot {
         engine: state.engine.stats().clone(),
         tracked_clients: state.engine.tracked_clients() as u64,
         known_good_clients: state.engine.known_good_clients() as u64,
+        log_lines: state
+            .log_stats
+            .lines
+            .load(std::sync::atomic::Ordering::Relaxed),
+        log_unparseable: state
+            .log_stats
+            .unparseable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        log_errors: state
+            .log_stats
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed),
         blocked_addresses: (table.len() - prefixes) as u64,
         blocked_prefixes: prefixes as u64,
     }

@@ -199,16 +199,28 @@ impl<S: BlockStore> Engine<S> {
     }
 
     /// A rejection read from the MTA's log; it counts only where the wire was blind (TLS), see
-    /// [`crate::ledger`].
-    pub fn on_log_rejection(&mut self, client: IpAddr, code: u16, text: &str, now: Now) -> Outcome {
+    /// [`crate::ledger`]. `tls` is what the log line itself says, where it says it (Exim's `X=`,
+    /// OpenSMTPD's session): inside TLS it counts, in clear text the wire had it; unknown, the
+    /// ledger decides.
+    pub fn on_log_rejection(
+        &mut self,
+        client: IpAddr,
+        code: u16,
+        text: &str,
+        tls: Option<bool>,
+        now: Now,
+    ) -> Outcome {
         self.stats.log_rejections += 1;
         let Some(label) = self.classify(code, text) else {
             return Outcome::NoOffense;
         };
-        match self
-            .ledger
-            .log_rejection(client, code, now.unix_ms, self.policy.tracker.window)
-        {
+        let window = self.policy.tracker.window;
+        let verdict = match tls {
+            Some(true) => LogVerdict::Count,
+            Some(false) => LogVerdict::SeenOnWire,
+            None => self.ledger.log_rejection(client, code, now.unix_ms, window),
+        };
+        match verdict {
             LogVerdict::SeenOnWire | LogVerdict::LeftToWire => Outcome::SeenOnWire,
             LogVerdict::Count => {
                 self.stats.offenses_log += 1;

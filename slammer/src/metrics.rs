@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub engine: crate::engine::EngineStats,
     pub tracked_clients: u64,
     pub known_good_clients: u64,
+    pub log_lines: u64,
+    pub log_unparseable: u64,
+    pub log_errors: u64,
     pub blocked_addresses: u64,
     pub blocked_prefixes: u64,
 }
@@ -217,6 +220,24 @@ impl Collector for SlammerCollector {
             "blocked_prefixes",
             "Prefixes blocked now",
             s.blocked_prefixes,
+        )?;
+        counter(
+            &mut e,
+            "log_lines_read",
+            "Lines read from the MTA's logs",
+            s.log_lines,
+        )?;
+        counter(
+            &mut e,
+            "log_lines_unparseable",
+            "Log lines not in the configured MTA's format",
+            s.log_unparseable,
+        )?;
+        counter(
+            &mut e,
+            "log_read_errors",
+            "Log read errors, missing files, journal restarts",
+            s.log_errors,
         )?;
         gauge(
             &mut e,
