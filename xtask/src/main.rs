@@ -1,10 +1,13 @@
-//! `cargo xtask`: sets up the toolchain slammer needs, then builds, runs and tests it.
+//! `cargo xtask`: sets up the toolchain slammer needs, then builds, runs, tests, installs and
+//! demonstrates it.
 //!
 //! The build itself stays plain cargo (`slammer/build.rs` compiles the eBPF crate with `aya_build`);
 //! xtask only makes sure the pieces it needs are present (nightly with `rust-src`, a `bpf-linker`
 //! built against nightly's own LLVM in `<workspace>/.tools`, bpffs) and puts `.tools/bin` on `PATH`.
 
 mod build;
+mod demo;
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -18,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Set up, build, run and test slammer"
+    about = "Set up, build, run, test, install and demo slammer"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +40,14 @@ enum Command {
     Run(run::Args),
     /// Run setup, build slammer, then the workspace test suite as root (`sudo -E cargo xtask test`).
     Test(test::Args),
+    /// Build the release binary and install it with its systemd unit, example configuration,
+    /// shell completions and man page.
+    ///
+    /// Never overwrites an existing /etc/slammer/slammer.toml. Prints every path it writes.
+    Install(install::Args),
+    /// Show slammer block a dictionary attack on a real Postfix, live, in throwaway network
+    /// namespaces (as root; about 10 seconds after the build; leaves nothing behind).
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +57,8 @@ fn main() -> ExitCode {
         Command::Build(args) => build::cmd(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::cmd(&args),
         Command::Test(args) => test::cmd(args).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => install::cmd(&args).map(|()| ExitCode::SUCCESS),
+        Command::Demo => demo::cmd().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

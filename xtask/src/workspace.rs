@@ -17,6 +17,12 @@ pub fn root() -> &'static Path {
         .expect("xtask lives in a subdirectory of the workspace")
 }
 
+/// The text of `<workspace>/contrib/<name>` (the systemd unit, the example configuration).
+pub fn read_contrib(name: &str) -> Result<String> {
+    let path = root().join("contrib").join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// `<workspace>/.tools`: the project-local install root of `bpf-linker` (gitignored).
 pub fn tools_dir() -> PathBuf {
     root().join(".tools")

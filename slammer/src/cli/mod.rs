@@ -1,9 +1,12 @@
-//! The command line: `slammer run | block | unblock | list | stats | test-pattern`.
+//! The command line: `slammer run | block | unblock | list | stats | test-pattern | reload |
+//! check-config | detach | completions | man`.
 
 mod block;
 mod check_config;
+mod completions;
 mod detach;
 mod list;
+mod man;
 mod reload;
 mod run;
 mod stats;
@@ -46,6 +49,10 @@ enum Command {
     CheckConfig(check_config::Args),
     /// Turn slammer off: remove its pinned programs, links and maps.
     Detach(detach::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the manual page, slammer(8), in roff (`slammer man | man -l -`).
+    Man,
 }
 
 /// `--socket`, shared by every client subcommand.
@@ -93,6 +100,8 @@ pub fn main() -> ExitCode {
         Command::Reload(args) => reload::reload(&args),
         Command::CheckConfig(args) => check_config::check_config(&args),
         Command::Detach(args) => detach::detach(&args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man => man::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
