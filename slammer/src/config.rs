@@ -83,8 +83,8 @@ impl Default for Settings {
             interfaces: Vec::new(),
             smtp_ports: BTreeSet::from([25]),
             threshold: 10,
-            window: Duration::from_secs(10 * 60),
-            ttl: Duration::from_secs(4 * 3600),
+            window: Duration::from_mins(10),
+            ttl: Duration::from_hours(4),
             allow: Vec::new(),
             capacity: 1 << 20,
             max_clients: 100_000,
@@ -95,10 +95,10 @@ impl Default for Settings {
             rules: None,
             mode: Mode::Enforce,
             escalation_factor: 2.0,
-            escalation_cap: Duration::from_secs(7 * 86_400),
-            history_retention: Duration::from_secs(30 * 86_400),
+            escalation_cap: Duration::from_hours(168),
+            history_retention: Duration::from_hours(720),
             known_good_multiplier: 5,
-            known_good_memory: Duration::from_secs(7 * 86_400),
+            known_good_memory: Duration::from_hours(168),
             spread_min_addresses: 4,
             spread_v4_prefix: 24,
             spread_v6_prefix: 64,
@@ -402,7 +402,7 @@ mod tests {
         .unwrap()
         .apply(&mut s);
         assert_eq!(s.threshold, 5);
-        assert_eq!(s.window, Duration::from_secs(120));
+        assert_eq!(s.window, Duration::from_mins(2));
         assert_eq!(s.smtp_ports, BTreeSet::from([25, 587]));
         assert_eq!(s.allow.len(), 1);
         assert_eq!(s.ttl, Settings::default().ttl);

@@ -2,6 +2,7 @@
 //! socket and sweeps expired blocks until the shutdown future resolves.
 
 use std::{
+    fmt::Write as _,
     future::Future,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
@@ -138,6 +139,10 @@ pub fn policy(settings: &Settings) -> anyhow::Result<Policy> {
 }
 
 /// Runs the daemon until `shutdown` resolves. Nothing is attached unless every check passed.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the start-up sequence reads best top to bottom"
+)]
 pub async fn run(
     source: ConfigSource,
     settings: Settings,
@@ -406,7 +411,7 @@ async fn consume_events(
                 Ok(Event::Reply(reply)) => {
                     let outcome = state.engine.on_reply(&reply, Now::read());
                     if let Outcome::Blocked(block) = &outcome {
-                        block_latency.observe(block.latency_ns as f64 / 1e9);
+                        block_latency.observe(Duration::from_nanos(block.latency_ns).as_secs_f64());
                     }
                     let blocked = settle(state, (reply.client, reply.code, &reply.text), outcome);
                     if !blocked.is_empty() {
@@ -458,11 +463,11 @@ fn settle(
             "blocked {}: {} ({:.2} ms after the reply left)",
             block.client,
             block.reason,
-            block.latency_ns as f64 / 1e6
+            Duration::from_nanos(block.latency_ns).as_secs_f64() * 1e3
         ),
         Outcome::BlockFailed(err) => log::error!("{err}"),
         Outcome::Allowlisted { client, log: true } => {
-            log::warn!("allowlisted client {client} got {code} \"{text}\"; it is never blocked")
+            log::warn!("allowlisted client {client} got {code} \"{text}\"; it is never blocked");
         }
         Outcome::Counted => log::debug!("offense by {client}: {code} {text}"),
         _ => {}
@@ -571,10 +576,11 @@ fn reload(shared: &Shared) -> Result<String, String> {
             inner.engine.policy().rules.rules().len()
         );
         if !restart_only.is_empty() {
-            message.push_str(&format!(
+            let _ = write!(
+                message,
                 "; needs a restart to change: {}",
                 restart_only.join(", ")
-            ));
+            );
         }
         // Keep the running values of what only a restart changes.
         let mut kept = new;

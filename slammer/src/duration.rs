@@ -34,10 +34,10 @@ mod tests {
     #[test]
     fn operator_notation() {
         assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse("4h").unwrap(), Duration::from_secs(4 * 3600));
-        assert_eq!(parse("7d").unwrap(), Duration::from_secs(7 * 86400));
-        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("10m").unwrap(), Duration::from_mins(10));
+        assert_eq!(parse("4h").unwrap(), Duration::from_hours(4));
+        assert_eq!(parse("7d").unwrap(), Duration::from_hours(168));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_mins(90));
     }
 
     #[test]

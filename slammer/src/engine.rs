@@ -1,7 +1,7 @@
 //! From replies to blocks: the daemon's decisions, free of I/O so they are tested with a fake
 //! blocklist store. The daemon feeds it events and requests; it answers with what to do.
 
-use std::{collections::BTreeMap, net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, num::NonZeroUsize, time::Duration};
 
 use lru::LruCache;
 use serde::Serialize;
@@ -57,7 +57,7 @@ pub struct EngineStats {
     pub accepted_messages: u64,
     /// Prefixes blocked because their addresses spread their offenses.
     pub prefix_blocks: u64,
-    /// Open SMTP sessions of blocked clients ended (sock_diag destroy).
+    /// Open SMTP sessions of blocked clients ended (`sock_diag` destroy).
     pub sessions_destroyed: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
@@ -200,7 +200,7 @@ impl<S: BlockStore> Engine<S> {
 
     /// A rejection read from the MTA's log; it counts only where the wire was blind (TLS), see
     /// [`crate::ledger`]. `tls` is what the log line itself says, where it says it (Exim's `X=`,
-    /// OpenSMTPD's session): inside TLS it counts, in clear text the wire had it; unknown, the
+    /// `OpenSMTPD`'s session): inside TLS it counts, in clear text the wire had it; unknown, the
     /// ledger decides.
     pub fn on_log_rejection(
         &mut self,
@@ -288,11 +288,12 @@ impl<S: BlockStore> Engine<S> {
         let ttl = History::ttl(self.policy.ttl, earlier, &esc);
         let mut reason = decision.reason;
         if earlier > 0 {
-            reason.push_str(&format!(
+            let _ = write!(
+                reason,
                 "; repeat offender, block #{} for {}",
                 earlier + 1,
                 crate::duration::format(ttl)
-            ));
+            );
         }
         match self
             .blocklist
@@ -507,21 +508,21 @@ mod tests {
             allow: Allowlist::defaults(["192.0.2.1".parse().unwrap()]),
             tracker: TrackerConfig {
                 threshold,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
                 max_clients: 1000,
             },
-            ttl: Duration::from_secs(3600),
+            ttl: Duration::from_hours(1),
             observe: false,
             escalation: Escalation::default(),
             known_good_multiplier: 5,
-            known_good_memory: Duration::from_secs(7 * 86_400),
+            known_good_memory: Duration::from_hours(168),
             spread: SpreadConfig {
                 min_addresses: 0,
                 v4_prefix_len: 24,
                 v6_prefix_len: 64,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
             },
-            spread_ttl: Duration::from_secs(3600),
+            spread_ttl: Duration::from_hours(1),
         };
         Engine::new(Blocklist::new(store, 100), policy).unwrap()
     }
@@ -664,21 +665,21 @@ mod escalation_tests {
             allow: Allowlist::new([]),
             tracker: TrackerConfig {
                 threshold: 1,
-                window: Duration::from_secs(60),
+                window: Duration::from_mins(1),
                 max_clients: 10,
             },
-            ttl: Duration::from_secs(3600),
+            ttl: Duration::from_hours(1),
             observe: false,
             escalation: Escalation::default(),
             known_good_multiplier: 5,
-            known_good_memory: Duration::from_secs(7 * 86_400),
+            known_good_memory: Duration::from_hours(168),
             spread: SpreadConfig {
                 min_addresses: 0,
                 v4_prefix_len: 24,
                 v6_prefix_len: 64,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
             },
-            spread_ttl: Duration::from_secs(3600),
+            spread_ttl: Duration::from_hours(1),
         };
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
         let reply = |seq| Reply {
@@ -727,21 +728,21 @@ mod known_good_tests {
             allow: Allowlist::new([]),
             tracker: TrackerConfig {
                 threshold: 2,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
                 max_clients: 10,
             },
-            ttl: Duration::from_secs(3600),
+            ttl: Duration::from_hours(1),
             observe: false,
             escalation: Escalation::default(),
             known_good_multiplier: 5,
-            known_good_memory: Duration::from_secs(7 * 86_400),
+            known_good_memory: Duration::from_hours(168),
             spread: SpreadConfig {
                 min_addresses: 0,
                 v4_prefix_len: 24,
                 v6_prefix_len: 64,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
             },
-            spread_ttl: Duration::from_secs(3600),
+            spread_ttl: Duration::from_hours(1),
         };
         assert!(policy.reported_codes().contains(&250));
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
@@ -807,21 +808,21 @@ mod spread_tests {
             allow: Allowlist::new(["198.51.100.9/32".parse().unwrap()]),
             tracker: TrackerConfig {
                 threshold: 10,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
                 max_clients: 10,
             },
-            ttl: Duration::from_secs(3600),
+            ttl: Duration::from_hours(1),
             observe: false,
             escalation: Escalation::default(),
             known_good_multiplier: 5,
-            known_good_memory: Duration::from_secs(7 * 86_400),
+            known_good_memory: Duration::from_hours(168),
             spread: SpreadConfig {
                 min_addresses: 4,
                 v4_prefix_len: 24,
                 v6_prefix_len: 64,
-                window: Duration::from_secs(600),
+                window: Duration::from_mins(10),
             },
-            spread_ttl: Duration::from_secs(7200),
+            spread_ttl: Duration::from_hours(2),
         };
         let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
         let now = Now {

@@ -26,8 +26,8 @@ impl Default for Escalation {
     fn default() -> Self {
         Self {
             factor: 2.0,
-            cap: Duration::from_secs(7 * 86_400),
-            retention: Duration::from_secs(30 * 86_400),
+            cap: Duration::from_hours(168),
+            retention: Duration::from_hours(720),
         }
     }
 }
@@ -138,7 +138,7 @@ impl History {
 mod tests {
     use super::*;
 
-    const H: Duration = Duration::from_secs(3600);
+    const H: Duration = Duration::from_hours(1);
     const DAY_MS: u64 = 86_400_000;
 
     fn ip(s: &str) -> IpAddr {

@@ -3,7 +3,7 @@
 //! that only probes has not. Known-good clients get a multiplied threshold.
 //!
 //! A message was accepted when the reply to the end of DATA is a 250 like Postfix's
-//! `250 2.0.0 Ok: queued as ...`, Exim's `250 OK id=...`, or Sendmail's and OpenSMTPD's
+//! `250 2.0.0 Ok: queued as ...`, Exim's `250 OK id=...`, or Sendmail's and `OpenSMTPD`'s
 //! `250 2.0.0 ... Message accepted for delivery`. The record is wall-clock based (it is saved
 //! with the blocklist) and bounded (least recently accepted evicted first).
 
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn remembered_for_a_while_bounded_and_restorable() {
-        let week = Duration::from_secs(7 * 86_400);
+        let week = Duration::from_hours(168);
         let mut k = KnownGood::new(2);
         k.accepted("192.0.2.1".parse().unwrap(), 1_000);
         assert!(k.contains("::ffff:192.0.2.1".parse().unwrap(), 2_000, week));

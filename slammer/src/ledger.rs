@@ -95,7 +95,7 @@ impl Ledger {
 mod tests {
     use super::*;
 
-    const W: Duration = Duration::from_secs(600);
+    const W: Duration = Duration::from_mins(10);
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -120,7 +120,7 @@ fn handle_line(parser: &mut Parser, line: &str, sink: &Sink, stats: &LogStats) {
     }
 }
 
-fn follow_file(spec: &LogSpec, path: &PathBuf, sink: &Sink, stats: &LogStats) {
+fn follow_file(spec: &LogSpec, path: &Path, sink: &Sink, stats: &LogStats) {
     let mut parser = Parser::new(spec.mta);
     let mut follower = loop {
         match Follower::open_at_end(path) {
@@ -185,10 +185,10 @@ fn follow_journal(spec: &LogSpec, sink: &Sink, stats: &LogStats) {
                         }
                     }
                 }
-                let status = child.wait();
+                let ended = child.wait();
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
-                    "{}: journalctl ended ({status:?}); restarting",
+                    "{}: journalctl ended ({ended:?}); restarting",
                     spec.describe()
                 );
             }

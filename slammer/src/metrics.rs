@@ -78,6 +78,7 @@ fn labelled(
 }
 
 impl Collector for SlammerCollector {
+    #[expect(clippy::too_many_lines, reason = "one statement per metric family")]
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let s = (self.0)();
         let st = &s.engine;
@@ -306,7 +307,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Mutex<Metrics>>) {
                 )
                 .await
                 {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
                     Ok(Ok(n)) => len += n,
                 }
                 if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {

@@ -1,6 +1,6 @@
 //! Freeing the MTA's slots: when a client is blocked, its SMTP sessions that are already open
 //! would stall the server side until a timeout (the gate drops the client's packets), each
-//! holding an smtpd process. They are destroyed through sock_diag (`SOCK_DESTROY`, what `ss -K`
+//! holding an smtpd process. They are destroyed through `sock_diag` (`SOCK_DESTROY`, what `ss -K`
 //! does; needs `CONFIG_INET_DIAG_DESTROY`): the server sees the connection aborted at once.
 
 use std::{
@@ -146,7 +146,7 @@ impl Netlink {
     }
 
     /// Reads netlink messages until `NLMSG_DONE` (dumps) or the first ack/error, calling `each`
-    /// with every payload of type SOCK_DIAG_BY_FAMILY. Returns the error code of an ack, if any.
+    /// with every payload of type `SOCK_DIAG_BY_FAMILY`. Returns the error code of an ack, if any.
     fn receive(&self, mut each: impl FnMut(&DiagMsg)) -> io::Result<i32> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

@@ -127,7 +127,7 @@ mod tests {
             min_addresses: k,
             v4_prefix_len: 24,
             v6_prefix_len: 64,
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
         }
     }
 

@@ -58,7 +58,7 @@ fn block(bl: &mut Blocklist<KernelStore>, target: &str) {
     bl.block(
         clock::boot_ns(),
         target,
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         Source::Manual,
         "test".into(),
     )

@@ -1,4 +1,4 @@
-//! The egress classifier on the real replies of Postfix, Exim, Sendmail and OpenSMTPD: every
+//! The egress classifier on the real replies of Postfix, Exim, Sendmail and `OpenSMTPD`: every
 //! frame of each captured session (both directions, in order) goes through
 //! `BPF_PROG_TEST_RUN`, and the events it reports must be exactly the rejections the capture's
 //! annotation lists as sent in clear text. Needs root and `../shared/smtp-replies`.
@@ -198,7 +198,8 @@ fn a_segment_starting_mid_line_reports_nothing_for_its_first_partial_line() {
             .is_empty()
     );
     let second = b"550 5.1.1 User unknown in the middle\r\n550 5.1.1 <a@b>: User unknown\r\n";
-    let seen = segment(&mut tk, &mut ring, 1000 + first.len() as u32, second);
+    let seq = 1000 + u32::try_from(first.len()).unwrap();
+    let seen = segment(&mut tk, &mut ring, seq, second);
     let texts: Vec<&String> = seen.rejections.keys().map(|(_, t)| t).collect();
     assert_eq!(texts, ["5.1.1 <a@b>: User unknown"]);
 }

@@ -6,7 +6,7 @@ use super::{Failure, SocketArg, call};
 
 #[derive(Debug, clap::Args)]
 pub struct BlockArgs {
-    /// Address or CIDR prefix, e.g. 192.0.2.7, 2001:db8::7, 198.51.100.0/24.
+    /// Address or CIDR prefix, e.g. 192.0.2.7, `2001:db8::7`, 198.51.100.0/24.
     #[arg(value_name = "ADDR[/PREFIX]")]
     target: String,
     /// How long (30s, 10m, 4h, 7d); default: the daemon's TTL.

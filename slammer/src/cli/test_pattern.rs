@@ -37,9 +37,7 @@ pub fn test_pattern(args: &Args) -> Result<(), Failure> {
         Some(specs) => RuleSet::from_specs(specs).map_err(Failure::usage)?,
         None => RuleSet::defaults(),
     };
-    let lines: Vec<String> = if !args.lines.is_empty() {
-        args.lines.clone()
-    } else {
+    let lines: Vec<String> = if args.lines.is_empty() {
         let reader: Box<dyn BufRead> = match &args.file {
             Some(p) if p.as_os_str() != "-" => {
                 Box::new(std::io::BufReader::new(std::fs::File::open(p).map_err(
@@ -54,6 +52,8 @@ pub fn test_pattern(args: &Args) -> Result<(), Failure> {
             }
         };
         reader.lines().collect::<Result<_, _>>()?
+    } else {
+        args.lines.clone()
     };
     let mut counted = 0;
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {

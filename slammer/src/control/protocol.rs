@@ -53,6 +53,10 @@ impl Response {
         }
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers hand over temporaries"
+    )]
     pub fn error(kind: ErrorKind, error: impl ToString) -> Self {
         Self {
             ok: false,

@@ -1,6 +1,6 @@
 //! Loading the two programs and attaching them to an interface through pinned links.
 //!
-//! Each attachment is a bpf_link pinned in the pin dir (`link_xdp_<iface>`, `link_tc_<iface>`),
+//! Each attachment is a `bpf_link` pinned in the pin dir (`link_xdp_<iface>`, `link_tc_<iface>`),
 //! so it outlives the daemon: enforcement goes on while the daemon is stopped, restarted or
 //! upgraded. A starting daemon finds the pinned link and swaps its own program into it with one
 //! `bpf_link_update`, so there is no moment without a gate.

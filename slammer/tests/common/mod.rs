@@ -1,6 +1,9 @@
 //! Shared by the `BPF_PROG_TEST_RUN` tests: a kernel loaded into a private pin dir (removed on
 //! drop, even when the test fails) and frame builders.
 
+// Each test binary uses a different part of these helpers.
+#![allow(dead_code)]
+
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
