@@ -491,6 +491,41 @@ impl<S: BlockStore> Engine<S> {
     }
 }
 
+/// A policy for tests: the default rules, no allowlist, no spread.
+#[cfg(test)]
+fn test_policy(threshold: u32) -> Policy {
+    Policy {
+        rules: RuleSet::defaults(),
+        allow: Allowlist::new([]),
+        tracker: TrackerConfig {
+            threshold,
+            window: Duration::from_mins(10),
+            max_clients: 1000,
+        },
+        ttl: Duration::from_hours(1),
+        observe: false,
+        escalation: Escalation::default(),
+        known_good_multiplier: 5,
+        known_good_memory: Duration::from_hours(168),
+        spread: SpreadConfig {
+            min_addresses: 0,
+            v4_prefix_len: 24,
+            v6_prefix_len: 64,
+            window: Duration::from_mins(10),
+        },
+        spread_ttl: Duration::from_hours(1),
+    }
+}
+
+#[cfg(test)]
+fn test_engine(policy: Policy) -> Engine<crate::blocklist::fake::FakeStore> {
+    let store = crate::blocklist::fake::FakeStore {
+        capacity: 100,
+        ..Default::default()
+    };
+    Engine::new(Blocklist::new(store, 100), policy).expect("valid test policy")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,32 +534,10 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn engine(threshold: u32) -> Engine<FakeStore> {
-        let store = FakeStore {
-            capacity: 100,
-            ..FakeStore::default()
-        };
-        let policy = Policy {
-            rules: RuleSet::defaults(),
+        test_engine(Policy {
             allow: Allowlist::defaults(["192.0.2.1".parse().unwrap()]),
-            tracker: TrackerConfig {
-                threshold,
-                window: Duration::from_mins(10),
-                max_clients: 1000,
-            },
-            ttl: Duration::from_hours(1),
-            observe: false,
-            escalation: Escalation::default(),
-            known_good_multiplier: 5,
-            known_good_memory: Duration::from_hours(168),
-            spread: SpreadConfig {
-                min_addresses: 0,
-                v4_prefix_len: 24,
-                v6_prefix_len: 64,
-                window: Duration::from_mins(10),
-            },
-            spread_ttl: Duration::from_hours(1),
-        };
-        Engine::new(Blocklist::new(store, 100), policy).unwrap()
+            ..test_policy(threshold)
+        })
     }
 
     fn reply(client: &str, port: u16, seq: u32, code: u16, text: &str) -> Reply {
@@ -656,32 +669,8 @@ mod escalation_tests {
 
     #[test]
     fn a_second_block_lasts_twice_as_long() {
-        let store = FakeStore {
-            capacity: 100,
-            ..FakeStore::default()
-        };
-        let policy = Policy {
-            rules: RuleSet::defaults(),
-            allow: Allowlist::new([]),
-            tracker: TrackerConfig {
-                threshold: 1,
-                window: Duration::from_mins(1),
-                max_clients: 10,
-            },
-            ttl: Duration::from_hours(1),
-            observe: false,
-            escalation: Escalation::default(),
-            known_good_multiplier: 5,
-            known_good_memory: Duration::from_hours(168),
-            spread: SpreadConfig {
-                min_addresses: 0,
-                v4_prefix_len: 24,
-                v6_prefix_len: 64,
-                window: Duration::from_mins(10),
-            },
-            spread_ttl: Duration::from_hours(1),
-        };
-        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+        let policy = test_policy(1);
+        let mut e = test_engine(policy);
         let reply = |seq| Reply {
             at_ns: 1,
             client: "198.51.100.7".parse().unwrap(),
@@ -719,33 +708,8 @@ mod known_good_tests {
 
     #[test]
     fn a_sender_that_delivered_gets_a_multiplied_threshold() {
-        let store = FakeStore {
-            capacity: 100,
-            ..FakeStore::default()
-        };
-        let policy = Policy {
-            rules: RuleSet::defaults(),
-            allow: Allowlist::new([]),
-            tracker: TrackerConfig {
-                threshold: 2,
-                window: Duration::from_mins(10),
-                max_clients: 10,
-            },
-            ttl: Duration::from_hours(1),
-            observe: false,
-            escalation: Escalation::default(),
-            known_good_multiplier: 5,
-            known_good_memory: Duration::from_hours(168),
-            spread: SpreadConfig {
-                min_addresses: 0,
-                v4_prefix_len: 24,
-                v6_prefix_len: 64,
-                window: Duration::from_mins(10),
-            },
-            spread_ttl: Duration::from_hours(1),
-        };
-        assert!(policy.reported_codes().contains(&250));
-        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+        let policy = test_policy(2);
+        let mut e = test_engine(policy);
         let now = Now {
             boot_ns: 1,
             unix_ms: 1,
@@ -799,32 +763,15 @@ mod spread_tests {
 
     #[test]
     fn a_rotating_attacker_loses_its_prefix_but_not_the_allowlisted_neighbour() {
-        let store = FakeStore {
-            capacity: 100,
-            ..FakeStore::default()
-        };
-        let policy = Policy {
-            rules: RuleSet::defaults(),
+        let mut e = test_engine(Policy {
             allow: Allowlist::new(["198.51.100.9/32".parse().unwrap()]),
-            tracker: TrackerConfig {
-                threshold: 10,
-                window: Duration::from_mins(10),
-                max_clients: 10,
-            },
-            ttl: Duration::from_hours(1),
-            observe: false,
-            escalation: Escalation::default(),
-            known_good_multiplier: 5,
-            known_good_memory: Duration::from_hours(168),
             spread: SpreadConfig {
                 min_addresses: 4,
-                v4_prefix_len: 24,
-                v6_prefix_len: 64,
-                window: Duration::from_mins(10),
+                ..test_policy(10).spread
             },
             spread_ttl: Duration::from_hours(2),
-        };
-        let mut e = Engine::new(Blocklist::new(store, 100), policy).unwrap();
+            ..test_policy(10)
+        });
         let now = Now {
             boot_ns: 1,
             unix_ms: 1,

@@ -95,6 +95,15 @@ pub enum Unpinned {
     Tc(aya::programs::tc::SchedClassifierLink),
 }
 
+/// Pins `link` at `path`; from then on it outlives the daemon.
+fn pin_link(link: FdLink, path: &Path, iface: &str) -> Result<(), AttachError> {
+    link.pin(path).map(drop).map_err(|source| AttachError::Pin {
+        iface: iface.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Opens the pinned link at `path`, if one is there.
 fn pinned(path: &Path) -> Option<FdLink> {
     PinnedLink::from_pin(path).ok().map(FdLink::from)
@@ -156,11 +165,7 @@ fn attach_gate(
     let link = gate(ebpf).take_link(id).map_err(gate_err)?;
     match FdLink::try_from(link) {
         Ok(fd_link) => {
-            fd_link.pin(&pin).map_err(|source| AttachError::Pin {
-                iface: iface.to_owned(),
-                path: pin.clone(),
-                source,
-            })?;
+            pin_link(fd_link, &pin, iface)?;
         }
         Err(err) => {
             log::warn!(
@@ -209,13 +214,7 @@ fn attach_classifier(
         Ok(id) => {
             let link = classifier(ebpf).take_link(id).map_err(tc_err)?;
             match FdLink::try_from(link) {
-                Ok(fd_link) => {
-                    fd_link.pin(&pin).map_err(|source| AttachError::Pin {
-                        iface: iface.to_owned(),
-                        path: pin.clone(),
-                        source,
-                    })?;
-                }
+                Ok(fd_link) => pin_link(fd_link, &pin, iface)?,
                 Err(err) => log::warn!("{iface}: TC attachment is not a bpf_link ({err})"),
             }
         }
