@@ -665,7 +665,6 @@ mod tests {
 #[cfg(test)]
 mod escalation_tests {
     use super::*;
-    use crate::blocklist::fake::FakeStore;
 
     #[test]
     fn a_second_block_lasts_twice_as_long() {
@@ -704,7 +703,6 @@ mod escalation_tests {
 #[cfg(test)]
 mod known_good_tests {
     use super::*;
-    use crate::blocklist::fake::FakeStore;
 
     #[test]
     fn a_sender_that_delivered_gets_a_multiplied_threshold() {
@@ -759,7 +757,6 @@ mod known_good_tests {
 #[cfg(test)]
 mod spread_tests {
     use super::*;
-    use crate::blocklist::fake::FakeStore;
 
     #[test]
     fn a_rotating_attacker_loses_its_prefix_but_not_the_allowlisted_neighbour() {
