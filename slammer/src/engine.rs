@@ -189,9 +189,10 @@ impl<S: BlockStore> Engine<S> {
             self.known_good.accepted(reply.client, now.unix_ms);
             return Outcome::Accepted;
         }
-        let Some(label) = self.classify(reply.code, &reply.text) else {
+        let Some((rule, label)) = self.classify(reply.code, &reply.text) else {
             return Outcome::NoOffense;
         };
+        self.count_rule(&rule);
         self.stats.offenses_wire += 1;
         self.ledger
             .wire_rejection(reply.client, reply.code, now.unix_ms);
@@ -211,7 +212,7 @@ impl<S: BlockStore> Engine<S> {
         now: Now,
     ) -> Outcome {
         self.stats.log_rejections += 1;
-        let Some(label) = self.classify(code, text) else {
+        let Some((rule, label)) = self.classify(code, text) else {
             return Outcome::NoOffense;
         };
         let window = self.policy.tracker.window;
@@ -224,26 +225,29 @@ impl<S: BlockStore> Engine<S> {
             LogVerdict::SeenOnWire | LogVerdict::LeftToWire => Outcome::SeenOnWire,
             LogVerdict::Count => {
                 self.stats.offenses_log += 1;
+                self.count_rule(&rule);
                 self.offense(client, code, &label, now.boot_ns, now)
             }
         }
     }
 
-    /// The label of the rule a reply matches, counting it by rule.
-    fn classify(&mut self, code: u16, text: &str) -> Option<String> {
+    /// The name and label of the rule a reply matches.
+    fn classify(&mut self, code: u16, text: &str) -> Option<(String, String)> {
         let Some(rule) = self.policy.rules.classify(code, text) else {
             self.stats.unmatched += 1;
             return None;
         };
+        Some((rule.name().to_owned(), rule.label().to_owned()))
+    }
+
+    /// Counts an offense by the rule that matched it; only offenses that count get here.
+    fn count_rule(&mut self, rule: &str) {
         self.stats.offenses += 1;
-        if let Some(n) = self.stats.offenses_by_rule.get_mut(rule.name()) {
+        if let Some(n) = self.stats.offenses_by_rule.get_mut(rule) {
             *n += 1;
         } else {
-            self.stats
-                .offenses_by_rule
-                .insert(rule.name().to_owned(), 1);
+            self.stats.offenses_by_rule.insert(rule.to_owned(), 1);
         }
-        Some(rule.label().to_owned())
     }
 
     /// Counts one offense of `client` (at `at_ns`, boot clock) and blocks it at its threshold.

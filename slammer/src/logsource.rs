@@ -122,18 +122,35 @@ fn handle_line(parser: &mut Parser, line: &str, sink: &Sink, stats: &LogStats) {
 
 fn follow_file(spec: &LogSpec, path: &Path, sink: &Sink, stats: &LogStats) {
     let mut parser = Parser::new(spec.mta);
+    let mut warned = false;
     let mut follower = loop {
         match Follower::open_at_end(path) {
             Ok(f) => break f,
             Err(err) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("{}: {err}; retrying", spec.describe());
+                // Once, not every retry.
+                if !warned {
+                    log::warn!(
+                        "{}: {err}; retrying every {RESTART_AFTER:?}",
+                        spec.describe()
+                    );
+                    warned = true;
+                }
                 std::thread::sleep(RESTART_AFTER);
             }
         }
     };
+    // A missing file is an error to count, even though the follower waits for it.
+    let mut missing_seen = 0;
     let mut failing = false;
     loop {
+        let missing = follower.stats().missing;
+        if missing > missing_seen {
+            stats
+                .errors
+                .fetch_add(missing - missing_seen, Ordering::Relaxed);
+            missing_seen = missing;
+        }
         match follower.poll_lines() {
             Ok(lines) => {
                 if failing {

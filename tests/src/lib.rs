@@ -33,7 +33,7 @@ pub use crate::{
     daemon::{BlockEntry, Cli, Daemon, DaemonConfig, Stats},
     netns::{Netns, Topology, in_netns},
     poll::{Timeline, poll_until, wait_until},
-    postfix::Postfix,
+    postfix::{Postfix, PostfixOptions},
     scratch::Scratch,
     smtp::{Reply, Smtp},
 };

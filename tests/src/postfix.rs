@@ -2,10 +2,17 @@
 //! under the test's scratch directory. Configured like the reply corpus (variant A, see
 //! /work/shared/smtp-replies/README.md): unknown local users get `550 5.1.1`, relay attempts
 //! `554 5.7.1`, and error limits are relaxed so the server never sleeps or disconnects.
+//!
+//! With [`PostfixOptions::starttls`] it also offers STARTTLS (`smtpd_tls_security_level = may`)
+//! with a self-signed certificate for [`DOMAIN`] made at start by `openssl req` in the scratch
+//! directory: replies after STARTTLS are encrypted, so only the mail log
+//! ([`Postfix::maillog_path`]) tells of them.
 
 use std::{
+    fmt::Write as _,
     fs,
     net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -26,6 +33,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The domain Postfix accepts mail for; `alice@` and `postmaster@` exist, nobody else.
 pub const DOMAIN: &str = "mx.slx.test";
 
+/// How Postfix is set up beyond the defaults of [`Postfix::start`].
+#[derive(Clone, Debug, Default)]
+pub struct PostfixOptions {
+    /// Offer STARTTLS with a self-signed certificate made at start (`smtpd_tls_cert_file`,
+    /// `smtpd_tls_key_file` in `<dir>/postfix/tls`, `smtpd_tls_security_level = may`).
+    pub starttls: bool,
+    /// `smtpd_tls_loglevel` when `starttls` is set: 0 (Postfix's default) logs nothing about
+    /// TLS, 1 logs each handshake (`Anonymous TLS connection established from ...`).
+    pub tls_loglevel: u8,
+}
+
 /// A running Postfix that we started. Drop runs `postfix stop`, waits (bounded) for the master
 /// process to exit, SIGKILLs it if it does not, and prints the mail log if the test failed.
 pub struct Postfix {
@@ -40,6 +58,11 @@ impl Postfix {
     /// Writes a config under `<dir>/postfix`, starts Postfix in `ns` and waits until port 25
     /// greets with 220.
     pub fn start(ns: &Netns, dir: &Path) -> Postfix {
+        Postfix::start_with(ns, dir, &PostfixOptions::default())
+    }
+
+    /// Like [`Postfix::start`], set up as `options` say (e.g. with STARTTLS).
+    pub fn start_with(ns: &Netns, dir: &Path, options: &PostfixOptions) -> Postfix {
         assert!(
             Path::new(POSTFIX).is_file() && Path::new(MASTER_CF_DIST).is_file(),
             "Postfix is not installed ({POSTFIX}, {MASTER_CF_DIST}): `apt-get install postfix`"
@@ -53,11 +76,22 @@ impl Postfix {
         run_ok(Command::new("chown").arg("postfix:postfix").arg(&data_dir));
         let maillog = base.join("maillog");
         let command_log = base.join("commands.log");
-        fs::write(
-            config_dir.join("main.cf"),
-            main_cf(&queue_dir, &data_dir, &maillog),
-        )
-        .unwrap_or_else(|e| panic!("writing main.cf: {e}"));
+        let mut config = main_cf(&queue_dir, &data_dir, &maillog);
+        if options.starttls {
+            let (cert, key) = self_signed_cert(&base.join("tls"));
+            let _ = write!(
+                config,
+                "smtpd_tls_cert_file = {}\n\
+                 smtpd_tls_key_file = {}\n\
+                 smtpd_tls_security_level = may\n\
+                 smtpd_tls_loglevel = {}\n",
+                cert.display(),
+                key.display(),
+                options.tls_loglevel
+            );
+        }
+        fs::write(config_dir.join("main.cf"), config)
+            .unwrap_or_else(|e| panic!("writing main.cf: {e}"));
         fs::copy(MASTER_CF_DIST, config_dir.join("master.cf"))
             .unwrap_or_else(|e| panic!("copying master.cf: {e}"));
         run_ok(
@@ -107,6 +141,12 @@ impl Postfix {
     /// The mail log so far (`maillog_file`).
     pub fn maillog(&self) -> String {
         fs::read_to_string(&self.maillog).unwrap_or_default()
+    }
+
+    /// Where Postfix writes its log (`maillog_file`, under the test's scratch directory): the
+    /// path for slammer's `[[logs]]` source.
+    pub fn maillog_path(&self) -> &Path {
+        &self.maillog
     }
 
     /// `ip netns exec NS postfix -c CONF <action>`, output appended to the command log.
@@ -170,6 +210,35 @@ fn process_alive(pid: libc::pid_t) -> bool {
                 .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// Makes a self-signed certificate for [`DOMAIN`] (valid one day) and its unencrypted key in
+/// `dir` with `openssl req`; the key gets mode 0600 (smtpd reads it as root before it drops
+/// privileges). Returns (certificate, key).
+fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN={DOMAIN}"),
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", key.display()));
+    (cert, key)
 }
 
 fn main_cf(queue_dir: &Path, data_dir: &Path, maillog: &Path) -> String {
