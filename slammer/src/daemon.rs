@@ -261,10 +261,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Capabilities `run` needs: loading programs, attaching them, pointer arithmetic in them.
+const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON")];
+
+/// Fails early, naming what is missing, rather than with a kernel EPERM halfway through.
 fn check_privileges() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("slammer run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "slammer run needs root or these capabilities, missing: {}",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
