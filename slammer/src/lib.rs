@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod fleet;
 pub mod history;
 pub mod hooks;
 pub mod kernel;
