@@ -5,6 +5,7 @@
 //! xtask only makes sure the pieces it needs are present (nightly with `rust-src`, a `bpf-linker`
 //! built against nightly's own LLVM in `<workspace>/.tools`, bpffs) and puts `.tools/bin` on `PATH`.
 
+mod bench;
 mod build;
 mod demo;
 mod install;
@@ -40,6 +41,8 @@ enum Command {
     Run(run::Args),
     /// Run setup, build slammer, then the workspace test suite as root (`sudo -E cargo xtask test`).
     Test(test::Args),
+    /// Run setup, then the benchmark suite as root; a table on stdout, JSON under target/bench/.
+    Bench(bench::Args),
     /// Build the release binary and install it with its systemd unit, example configuration,
     /// shell completions and man page.
     ///
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::cmd(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::cmd(&args),
         Command::Test(args) => test::cmd(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::cmd(&args).map(|()| ExitCode::SUCCESS),
         Command::Install(args) => install::cmd(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::cmd().map(|()| ExitCode::SUCCESS),
     };

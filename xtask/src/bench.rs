@@ -1,0 +1,102 @@
+//! `cargo xtask bench [--quick]`: measures slammer side by side with what it replaces, as root.
+//!
+//! 1. **Per-packet cost** (`cost`): the gate and the egress classifier through `BPF_PROG_TEST_RUN`
+//!    with `repeat`, next to a bare `XDP_DROP` program (the upper bound), on one pinned CPU.
+//! 2. **Drop rate** (`drop`): 60-byte frames over a veth pair between two network namespaces, sent
+//!    by an `XDP_TX` program run with `BPF_F_TEST_XDP_LIVE_FRAMES` on one core; the receiver's
+//!    work runs in its threaded-NAPI kthread pinned to the other core, whose CPU time the kernel
+//!    reports. Each way of dropping (none, a null route, iptables, nftables, ipset, xdp-filter, a
+//!    bare `XDP_DROP`, slammer's gate) is measured in the same run.
+//!
+//! Results are a table on stdout and JSON under `target/bench/`. Nothing here is a test: `cargo
+//! xtask test` never runs it.
+//!
+//! The runner links the `slammer` library (it loads the real programs and fills the real maps
+//! through `Blocklist`), which embeds the eBPF object and so cannot build before `cargo xtask
+//! setup` has installed bpf-linker. So this command runs setup, then re-runs itself built with the
+//! `bench-runner` feature; every other xtask subcommand builds without slammer.
+
+#[cfg(feature = "bench-runner")]
+mod cost;
+#[cfg(feature = "bench-runner")]
+mod drop_rate;
+#[cfg(feature = "bench-runner")]
+mod frames;
+#[cfg(feature = "bench-runner")]
+mod netns;
+#[cfg(feature = "bench-runner")]
+mod report;
+#[cfg(feature = "bench-runner")]
+mod runner;
+#[cfg(feature = "bench-runner")]
+mod slammer_kernel;
+#[cfg(feature = "bench-runner")]
+mod sys;
+
+use anyhow::Result;
+
+use crate::workspace;
+
+/// Which part of the suite to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Per-packet cost of the programs through `BPF_PROG_TEST_RUN` with `repeat`.
+    Cost,
+    /// Drop rate of one blocked source over a veth pair, per method.
+    Drop,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Shorter runs: fewer repeats and rounds, 1 s of traffic per method.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only this part (default: all).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
+    /// `BPF_PROG_TEST_RUN` repeats per case and round [default: 1000000, --quick 200000].
+    #[arg(long, value_name = "N")]
+    pub repeat: Option<u32>,
+    /// Rounds, each measuring every case or method once; medians are reported [default: 5 for
+    /// the per-packet cost and 3 for the drop rate; --quick 2 and 1].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<u32>,
+    /// Seconds of traffic per drop-rate method [default: 2, --quick 1].
+    #[arg(long, value_name = "SECS")]
+    pub seconds: Option<f64>,
+}
+
+pub fn cmd(args: &Args) -> Result<()> {
+    workspace::require_root(
+        "bench",
+        "it loads eBPF programs and creates network namespaces",
+    )?;
+    run(args)
+}
+
+#[cfg(feature = "bench-runner")]
+fn run(args: &Args) -> Result<()> {
+    runner::run(args)
+}
+
+/// Runs setup, then this xtask again, built with the runner and optimised, with the same
+/// arguments.
+#[cfg(not(feature = "bench-runner"))]
+fn run(_args: &Args) -> Result<()> {
+    crate::setup::run()?;
+    let forwarded: Vec<String> = std::env::args().skip(1).collect();
+    let mut cargo = workspace::cargo()?;
+    cargo
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "xtask",
+            "--features",
+            "bench-runner",
+            "--",
+        ])
+        .args(forwarded);
+    workspace::stream(&mut cargo)
+}
