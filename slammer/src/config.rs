@@ -62,6 +62,14 @@ pub struct Settings {
     pub hooks: crate::hooks::HooksConfig,
     /// The MTA's logs, read for rejections inside TLS sessions.
     pub logs: Vec<crate::logsource::LogSpec>,
+    /// Redis URL of the fleet (`redis://...` or `rediss://...`); `None` runs alone.
+    pub fleet: Option<String>,
+    /// This node's name in the fleet; `None` means the host name.
+    pub fleet_node: Option<String>,
+    /// Prefix of the fleet's Redis keys and channel.
+    pub fleet_prefix: String,
+    /// Longest wait for one Redis command.
+    pub fleet_timeout: Duration,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or `env_logger` syntax);
     /// `RUST_LOG` wins when set.
     pub log_level: String,
@@ -105,6 +113,10 @@ impl Default for Settings {
             spread_ttl: None,
             hooks: crate::hooks::HooksConfig::default(),
             logs: Vec::new(),
+            fleet: None,
+            fleet_node: None,
+            fleet_prefix: "slammer".to_owned(),
+            fleet_timeout: Duration::from_millis(500),
             log_level: "info".to_owned(),
         }
     }
@@ -146,6 +158,11 @@ pub struct FileConfig {
     pub spread_ttl: Option<Duration>,
     pub hooks: Option<crate::hooks::HooksConfig>,
     pub logs: Option<Vec<crate::logsource::LogSpec>>,
+    pub fleet: Option<String>,
+    pub fleet_node: Option<String>,
+    pub fleet_prefix: Option<String>,
+    #[serde(deserialize_with = "some_duration")]
+    pub fleet_timeout: Option<Duration>,
     pub log_level: Option<String>,
 }
 
@@ -248,7 +265,21 @@ impl FileConfig {
             max_clients,
             socket
         );
-        take!(state_dir, pin_dir, metrics, mode, logs);
+        take!(
+            state_dir,
+            pin_dir,
+            metrics,
+            mode,
+            logs,
+            fleet_prefix,
+            fleet_timeout
+        );
+        if self.fleet.is_some() {
+            s.fleet = self.fleet;
+        }
+        if self.fleet_node.is_some() {
+            s.fleet_node = self.fleet_node;
+        }
         take!(escalation_factor, escalation_cap, history_retention);
         take!(known_good_multiplier, known_good_memory);
         take!(
@@ -377,6 +408,19 @@ impl Settings {
         }
         if self.logs != new.logs {
             changed.push("logs");
+        }
+        if (
+            &self.fleet,
+            &self.fleet_node,
+            &self.fleet_prefix,
+            self.fleet_timeout,
+        ) != (
+            &new.fleet,
+            &new.fleet_node,
+            &new.fleet_prefix,
+            new.fleet_timeout,
+        ) {
+            changed.push("fleet");
         }
         if self.log_level != new.log_level {
             changed.push("log_level");

@@ -27,6 +27,7 @@ use crate::{
     },
     engine::{Engine, Now, Outcome, Policy},
     events::{self, Event},
+    fleet::{Fleet, FleetConfig, FleetEvent},
     history::Escalation,
     hooks::{HookEvent, HookRunner},
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
@@ -54,6 +55,10 @@ struct Inner {
     actions: ActionLog,
     hooks: HookRunner,
     log_stats: Arc<LogStats>,
+    /// The fleet's shared state in Redis, when configured.
+    fleet: Option<Fleet>,
+    /// For work started from threads outside the runtime (log readers).
+    runtime: tokio::runtime::Handle,
 }
 
 /// Writes a block or unblock to the action log and hands it to the hooks (not in observe mode,
@@ -76,6 +81,19 @@ fn announce(inner: &mut Inner, action: Action, target: &Target, source: &str, re
         source,
         reason,
     });
+    if let Some(fleet) = &inner.fleet
+        && !inner.engine.policy().observe
+    {
+        // Only this node's own decisions: mirrored, expired and restored ones are the fleet's
+        // already (Redis expires keys itself), so nothing echoes.
+        match (action, source, ttl) {
+            (Action::Block, "auto" | "manual", Some(ttl)) => {
+                fleet.publish_block(target, ttl, reason);
+            }
+            (Action::Unblock, "manual", _) => fleet.publish_unblock(target),
+            _ => {}
+        }
+    }
     if !inner.engine.policy().observe {
         let event = HookEvent {
             action,
@@ -170,6 +188,24 @@ pub async fn run(
         .with_context(|| format!("cannot create state dir {}", settings.state_dir.display()))?;
     let actions = ActionLog::open(&settings.state_dir.join(actionlog::FILE_NAME))?;
     let log_stats = Arc::new(LogStats::default());
+    let (fleet, fleet_events) = match &settings.fleet {
+        Some(url) => {
+            let mut config = FleetConfig::new(url.clone());
+            if let Some(node) = &settings.fleet_node {
+                config.node.clone_from(node);
+            }
+            config.prefix.clone_from(&settings.fleet_prefix);
+            config.timeout = settings.fleet_timeout;
+            let (fleet, events) = Fleet::start(config)?;
+            log::info!(
+                "fleet: node {} on {}",
+                fleet.node(),
+                crate::fleet::redact_url(url)
+            );
+            (Some(fleet), Some(events))
+        }
+        None => (None, None),
+    };
     let hooks = HookRunner::spawn(settings.hooks.clone().validate()?);
 
     let mut kernel = Kernel::load(&LoadOptions {
@@ -211,6 +247,8 @@ pub async fn run(
         actions,
         hooks,
         log_stats: Arc::clone(&log_stats),
+        fleet: fleet.clone(),
+        runtime: tokio::runtime::Handle::current(),
     }));
     logsource::spawn_all(&settings.logs, &log_sink(&shared), &log_stats);
     {
@@ -250,7 +288,13 @@ pub async fn run(
         res = consume_events(ring, Arc::clone(&shared), block_latency) => res?,
         () = sweep(Arc::clone(&shared)) => {}
         () = persist(Arc::clone(&shared), state_dir.clone()) => {}
-        () = reload_on_sighup(Arc::clone(&shared)) => {}
+                () = reload_on_sighup(Arc::clone(&shared)) => {}
+        () = mirror_fleet(Arc::clone(&shared), fleet_events) => {}
+    }
+    if let Some(fleet) = &fleet
+        && !fleet.flush(Duration::from_secs(2)).await
+    {
+        log::warn!("fleet: some blocks were not announced before shutdown");
     }
     // The final word on disk. The links and maps are pinned: enforcement goes on without the
     // daemon (`slammer detach` turns it off).
@@ -430,6 +474,9 @@ async fn consume_events(
                     if let Outcome::Blocked(block) = &outcome {
                         block_latency.observe(Duration::from_nanos(block.latency_ns).as_secs_f64());
                     }
+                    if outcome == Outcome::Counted {
+                        count_in_fleet(&shared, &state, reply.client);
+                    }
                     let blocked = settle(state, (reply.client, reply.code, &reply.text), outcome);
                     if !blocked.is_empty() {
                         let shared = Arc::clone(&shared);
@@ -505,6 +552,9 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
             rejection.tls,
             Now::read(),
         );
+        if outcome == Outcome::Counted {
+            count_in_fleet(&shared, &state, rejection.client);
+        }
         let blocked = settle(state, (rejection.client, rejection.code, &text), outcome);
         end_sessions(&shared, &blocked);
     })
@@ -534,6 +584,88 @@ fn end_sessions(shared: &Shared, targets: &[Target]) {
                 "cannot end the SMTP sessions of {target}: {:#}",
                 anyhow::Error::from(err)
             ),
+        }
+    }
+}
+
+/// Adds a counted offense to the fleet's count, and blocks the client when the fleet's total
+/// reaches its threshold. Runs in the background: Redis never delays local decisions.
+fn count_in_fleet(shared: &Shared, inner: &Inner, client: IpAddr) {
+    let Some(fleet) = inner.fleet.clone() else {
+        return;
+    };
+    let window = inner.settings.window;
+    let shared = Arc::clone(shared);
+    inner.runtime.spawn(async move {
+        let Some(total) = fleet.count_offense(client, window).await else {
+            return;
+        };
+        let shared2 = Arc::clone(&shared);
+        let blocked = tokio::task::spawn_blocking(move || {
+            let mut state = lock(&shared2);
+            let outcome = state.engine.on_fleet_count(client, total, Now::read());
+            settle(state, (client, 0, "offenses across the fleet"), outcome)
+        })
+        .await
+        .unwrap_or_default();
+        if !blocked.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || end_sessions(&shared, &blocked)).await;
+        }
+    });
+}
+
+/// Applies the blocks and unblocks other nodes decided.
+async fn mirror_fleet(shared: Shared, events: Option<tokio::sync::mpsc::Receiver<FleetEvent>>) {
+    let Some(mut events) = events else {
+        return std::future::pending().await;
+    };
+    while let Some(event) = events.recv().await {
+        let shared = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || mirror_one(&shared, event)).await;
+    }
+    std::future::pending::<()>().await;
+}
+
+fn mirror_one(shared: &Shared, event: FleetEvent) {
+    let mut state = lock(shared);
+    match event {
+        FleetEvent::Block {
+            target,
+            ttl,
+            origin,
+            reason,
+        } => {
+            match state
+                .engine
+                .block_from_fleet(target, ttl, &reason, &origin, Now::read())
+            {
+                Ok(true) => {
+                    let reason = state
+                        .engine
+                        .blocklist()
+                        .get(&target)
+                        .map(|b| b.reason.clone())
+                        .unwrap_or_default();
+                    log::info!("blocked {target} for the fleet: {reason}");
+                    announce(&mut state, Action::Block, &target, "fleet", &reason);
+                    drop(state);
+                    end_sessions(shared, &[target]);
+                }
+                Ok(false) => {}
+                Err(err) => log::warn!("fleet block of {target} from {origin} not applied: {err}"),
+            }
+        }
+        FleetEvent::Unblock { target, origin } => {
+            if state.engine.unblock_from_fleet(target) {
+                log::info!("unblocked {target} for the fleet (by {origin})");
+                announce(
+                    &mut state,
+                    Action::Unblock,
+                    &target,
+                    "fleet",
+                    &format!("unblocked on {origin}"),
+                );
+            }
         }
     }
 }
@@ -610,6 +742,12 @@ fn reload(shared: &Shared) -> Result<String, String> {
                 "metrics" => kept.metrics = inner.settings.metrics,
                 "hooks" => kept.hooks.clone_from(&inner.settings.hooks),
                 "logs" => kept.logs.clone_from(&inner.settings.logs),
+                "fleet" => {
+                    kept.fleet.clone_from(&inner.settings.fleet);
+                    kept.fleet_node.clone_from(&inner.settings.fleet_node);
+                    kept.fleet_prefix.clone_from(&inner.settings.fleet_prefix);
+                    kept.fleet_timeout = inner.settings.fleet_timeout;
+                }
                 "log_level" => kept.log_level.clone_from(&inner.settings.log_level),
                 _ => kept.capacity = inner.settings.capacity,
             }
@@ -738,7 +876,7 @@ fn handle(shared: &Shared, request: Request) -> Response {
             daemon["blocked_addresses"] = json!(s.blocked_addresses);
             daemon["blocked_prefixes"] = json!(s.blocked_prefixes);
             Response::ok(Some(
-                json!({ "gate": s.gate, "replies": s.replies, "daemon": daemon }),
+                json!({ "gate": s.gate, "replies": s.replies, "daemon": daemon, "fleet": s.fleet }),
             ))
         }
     }
@@ -768,6 +906,7 @@ fn snapshot(state: &Inner) -> Snapshot {
             .load(std::sync::atomic::Ordering::Relaxed),
         blocked_addresses: (table.len() - prefixes) as u64,
         blocked_prefixes: prefixes as u64,
+        fleet: state.fleet.as_ref().map(Fleet::stats),
     }
 }
 

@@ -59,6 +59,9 @@ pub struct EngineStats {
     pub prefix_blocks: u64,
     /// Open SMTP sessions of blocked clients ended (`sock_diag` destroy).
     pub sessions_destroyed: u64,
+    /// Blocks and unblocks mirrored from other nodes of the fleet.
+    pub fleet_blocks: u64,
+    pub fleet_unblocks: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Offenses, by the name of the rule that matched.
@@ -284,13 +287,14 @@ impl<S: BlockStore> Engine<S> {
         else {
             return Outcome::Counted;
         };
-        let target = Target::Addr(decision.client);
+        self.auto_block(decision.client, decision.reason, at_ns, now)
+    }
+
+    /// Blocks `client` automatically, with a TTL escalated by its block history.
+    fn auto_block(&mut self, client: IpAddr, mut reason: String, at_ns: u64, now: Now) -> Outcome {
         let esc = self.policy.escalation;
-        let earlier = self
-            .history
-            .earlier_blocks(decision.client, now.unix_ms, &esc);
+        let earlier = self.history.earlier_blocks(client, now.unix_ms, &esc);
         let ttl = History::ttl(self.policy.ttl, earlier, &esc);
-        let mut reason = decision.reason;
         if earlier > 0 {
             let _ = write!(
                 reason,
@@ -299,16 +303,18 @@ impl<S: BlockStore> Engine<S> {
                 crate::duration::format(ttl)
             );
         }
-        match self
-            .blocklist
-            .block(now_ns, target, ttl, Source::Auto, reason.clone())
-        {
+        match self.blocklist.block(
+            now.boot_ns,
+            Target::Addr(client),
+            ttl,
+            Source::Auto,
+            reason.clone(),
+        ) {
             Ok(()) => {
                 self.stats.auto_blocks += 1;
-                self.history
-                    .record_block(decision.client, now.unix_ms, &esc);
+                self.history.record_block(client, now.unix_ms, &esc);
                 Outcome::Blocked(AutoBlock {
-                    client: decision.client,
+                    client,
                     reason,
                     latency_ns: crate::clock::boot_ns().saturating_sub(at_ns),
                 })
@@ -320,6 +326,86 @@ impl<S: BlockStore> Engine<S> {
                 Outcome::BlockFailed(err.to_string())
             }
         }
+    }
+
+    /// The threshold that applies to `client` now (known-good senders get a higher one).
+    pub fn threshold_for(&self, client: IpAddr, now: Now) -> u32 {
+        let threshold = self.policy.tracker.threshold;
+        if self
+            .known_good
+            .contains(client, now.unix_ms, self.policy.known_good_memory)
+        {
+            threshold.saturating_mul(self.policy.known_good_multiplier.max(1))
+        } else {
+            threshold
+        }
+    }
+
+    /// The fleet counted `offenses` of `client` within the window across all nodes: block it
+    /// here when that reaches its threshold (the block then propagates to the fleet).
+    pub fn on_fleet_count(&mut self, client: IpAddr, offenses: u64, now: Now) -> Outcome {
+        let client = crate::addr::canonical(client);
+        if offenses < u64::from(self.threshold_for(client, now))
+            || self.policy.allow.contains(client)
+            || self
+                .blocklist
+                .is_blocked(&Target::Addr(client), now.boot_ns)
+        {
+            return Outcome::Counted;
+        }
+        self.tracker.forget(client);
+        let reason = format!(
+            "{offenses}x offenses across the fleet within {}",
+            crate::duration::format(self.policy.tracker.window)
+        );
+        self.auto_block(client, reason, now.boot_ns, now)
+    }
+
+    /// Mirrors a block decided by another node: allowlisted targets are refused, and a longer
+    /// block here is not shortened.
+    pub fn block_from_fleet(
+        &mut self,
+        target: Target,
+        ttl: Duration,
+        reason: &str,
+        origin: &str,
+        now: Now,
+    ) -> Result<bool, BlockError> {
+        let allowed = match target {
+            Target::Addr(a) => self.policy.allow.contains(a),
+            Target::Prefix(net) => self.policy.allow.overlaps(&net),
+        };
+        if allowed {
+            return Err(BlockError::Allowlisted { target });
+        }
+        let expires = crate::clock::expiry_after(now.boot_ns, ttl);
+        if self
+            .blocklist
+            .get(&target)
+            .is_some_and(|b| b.expires_at_ns >= expires)
+        {
+            return Ok(false);
+        }
+        let reason = crate::reply_text::sanitize(
+            &format!("{reason} (from {origin})"),
+            crate::reply_text::MAX_TEXT,
+        );
+        self.blocklist
+            .block(now.boot_ns, target, ttl, Source::Fleet, reason)?;
+        self.stats.fleet_blocks += 1;
+        Ok(true)
+    }
+
+    /// Removes a block another node lifted by hand; one that is not here is fine.
+    pub fn unblock_from_fleet(&mut self, target: Target) -> bool {
+        let removed = self.blocklist.unblock(target).is_ok();
+        if removed {
+            if let Target::Addr(a) = target {
+                self.tracker.forget(a);
+            }
+            self.stats.fleet_unblocks += 1;
+        }
+        removed
     }
 
     /// Replaces rules, allowlist, counting and TTL; offense history is kept (trimmed to the new

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub log_lines: u64,
     pub log_unparseable: u64,
     pub log_errors: u64,
+    /// `None` when not in a fleet.
+    pub fleet: Option<crate::fleet::FleetStats>,
     pub blocked_addresses: u64,
     pub blocked_prefixes: u64,
 }
@@ -240,6 +242,56 @@ impl Collector for SlammerCollector {
             "Log read errors, missing files, journal restarts",
             s.log_errors,
         )?;
+        if let Some(f) = &s.fleet {
+            gauge(
+                &mut e,
+                "fleet_connected",
+                "1 while connected and synced with the fleet's Redis",
+                u64::from(f.connected),
+            )?;
+            gauge(
+                &mut e,
+                "fleet_lag_ms",
+                "Delay of the last block or unblock received from the fleet",
+                f.last_lag_ms,
+            )?;
+            gauge(
+                &mut e,
+                "fleet_queued",
+                "Blocks and unblocks waiting for Redis",
+                f.queued,
+            )?;
+            counter(
+                &mut e,
+                "fleet_published",
+                "Blocks and unblocks announced to the fleet",
+                f.published,
+            )?;
+            counter(
+                &mut e,
+                "fleet_received",
+                "Blocks and unblocks received from other nodes",
+                f.received,
+            )?;
+            counter(
+                &mut e,
+                "fleet_errors",
+                "Failed Redis operations, timeouts, malformed messages",
+                f.errors,
+            )?;
+            counter(
+                &mut e,
+                "fleet_dropped",
+                "Changes not announced because the queue was full",
+                f.dropped,
+            )?;
+            counter(
+                &mut e,
+                "fleet_reconnects",
+                "Connections to Redis made again after a loss",
+                f.reconnects,
+            )?;
+        }
         gauge(
             &mut e,
             "tracked_clients",

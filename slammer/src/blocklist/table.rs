@@ -15,6 +15,8 @@ pub enum Source {
     Manual,
     /// Found in the pinned maps or the state file at start.
     Restored,
+    /// Decided by another node of the fleet.
+    Fleet,
 }
 
 impl Source {
@@ -23,6 +25,7 @@ impl Source {
             Self::Auto => "auto",
             Self::Manual => "manual",
             Self::Restored => "restored",
+            Self::Fleet => "fleet",
         }
     }
 
@@ -32,6 +35,7 @@ impl Source {
             Self::Auto => source::AUTO,
             Self::Manual => source::MANUAL,
             Self::Restored => source::RESTORED,
+            Self::Fleet => source::FLEET,
         }
     }
 
@@ -40,6 +44,7 @@ impl Source {
         match value {
             source::AUTO => Self::Auto,
             source::MANUAL => Self::Manual,
+            source::FLEET => Self::Fleet,
             _ => Self::Restored,
         }
     }

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: attach the programs and block slammers.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Block an address or prefix now.
     Block(block::BlockArgs),
     /// Remove a block.
@@ -91,7 +91,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Block(args) => block::block(&args),
         Command::Unblock(args) => block::unblock(&args),
         Command::List(args) => list::list(&args),

@@ -52,6 +52,13 @@ pub struct Args {
     /// Decide, list and count blocks, but drop nothing (config: mode = "observe").
     #[arg(long)]
     observe: bool,
+    /// Share blocks and offense counts with other MX hosts through this Redis
+    /// (redis://[user:pass@]host:port/db or rediss://).
+    #[arg(long, value_name = "URL")]
+    fleet: Option<String>,
+    /// This node's name in the fleet [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    fleet_node: Option<String>,
 }
 
 fn parse_allow(value: &str) -> Result<IpNet, String> {
@@ -79,6 +86,8 @@ fn source(args: Args) -> ConfigSource {
         pin_dir: args.pin_dir,
         metrics: args.metrics,
         mode: args.observe.then_some(Mode::Observe),
+        fleet: args.fleet,
+        fleet_node: args.fleet_node,
         ..FileConfig::default()
     };
     ConfigSource {
