@@ -543,6 +543,14 @@ impl Stats {
             .and_then(Value::as_u64)
             .unwrap_or_else(|| panic!("`slammer stats --json` has no counter {path}: {}", self.0))
     }
+
+    /// A boolean by dotted path (`"fleet.connected"`); panics if it is missing or not a boolean.
+    pub fn flag(&self, path: &str) -> bool {
+        path.split('.')
+            .try_fold(&self.0, |v, key| v.get(key))
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| panic!("`slammer stats --json` has no boolean {path}: {}", self.0))
+    }
 }
 
 /// The CLI (`slammer <subcommand> --socket PATH ...`). Every call is bounded.

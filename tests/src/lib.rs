@@ -8,7 +8,9 @@
 //! never skip: a missing prerequisite (root, Postfix, the binary) is a failure.
 //!
 //! Traffic only flows between the two namespaces (`10.231.N.0/24` and `fd31:N::/64`), every wait is a
-//! bounded poll ([`wait_until`]), and every external command runs with a deadline.
+//! bounded poll ([`wait_until`]), and every external command runs with a deadline. Fleet mode tests
+//! join several topologies to a redis-server of their own ([`Redis`]), in one more namespace linked
+//! to each mx by a veth pair of its own ([`netns::link_namespaces`], `10.232.i.0/30`).
 
 pub mod command;
 pub mod daemon;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod netns;
 pub mod poll;
 pub mod postfix;
+pub mod redis;
 pub mod scratch;
 pub mod smtp;
 
@@ -34,6 +37,7 @@ pub use crate::{
     netns::{Netns, Topology, in_netns},
     poll::{Timeline, poll_until, wait_until},
     postfix::{Postfix, PostfixOptions},
+    redis::Redis,
     scratch::Scratch,
     smtp::{Reply, Smtp},
 };

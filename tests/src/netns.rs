@@ -327,6 +327,31 @@ impl Topology {
         }
     }
 
+    /// Adds `addr` (typically a client address of another topology) to the cl side too, as a
+    /// `/32` or `/128` on cl's veth, with a host route to it in mx over mx's veth so that mx
+    /// answers it; then waits until it reaches mx. [`Topology::connect`] works from it like from
+    /// the own client addresses (to the mx address of its family). For tests where one client
+    /// talks to the mx hosts of several topologies (fleet mode): blocks are per address.
+    pub fn add_client_addr(&self, addr: IpAddr) {
+        let (host, nodad, family) = if addr.is_ipv4() {
+            (format!("{addr}/32"), None, "-4")
+        } else {
+            (format!("{addr}/128"), Some("nodad"), "-6")
+        };
+        let mut args = vec!["addr", "add", &host, "dev", &self.cl_if];
+        args.extend(nodad);
+        self.cl.ip(&args);
+        self.mx
+            .ip(&[family, "route", "add", &host, "dev", &self.mx_if]);
+        let listener = self.listen_mx(0);
+        let port = listener.local_addr().expect("local_addr").port();
+        wait_until(
+            &format!("{addr} (added to slt{}) to reach mx", self.id),
+            Duration::from_secs(5),
+            || self.connect(addr, port, Duration::from_millis(200)).ok(),
+        );
+    }
+
     /// Every client address reaches mx before the test starts (catches a broken topology early).
     /// First waits until IPv6 is ready on both ends (link-local address present): until then the
     /// kernel has not joined all solicited-node groups and the first neighbour solicitation can be
@@ -361,6 +386,34 @@ impl Topology {
                 || self.connect(src, port, Duration::from_millis(200)).ok(),
             );
         }
+    }
+}
+
+/// Joins namespaces `a` and `b` with a veth pair (`a_if` in `a`, `b_if` in `b`; names of at
+/// most 15 bytes), gives each end its address (`ADDR/LEN`) and brings both up. The pair goes
+/// away with either namespace.
+pub fn link_namespaces(a: &Netns, a_if: &str, a_cidr: &str, b: &Netns, b_if: &str, b_cidr: &str) {
+    run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]));
+    for (ns, dev, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+        if cidr.contains(':') {
+            ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]);
+        } else {
+            ns.ip(&["addr", "add", cidr, "dev", dev]);
+        }
+        ns.ip(&["link", "set", dev, "up"]);
     }
 }
 
