@@ -4,7 +4,7 @@
 pub mod source {
     pub const AUTO: u8 = 1;
     pub const MANUAL: u8 = 2;
-        pub const RESTORED: u8 = 3;
+    pub const RESTORED: u8 = 3;
     /// Mirrored from another node of the fleet.
     pub const FLEET: u8 = 4;
 }
