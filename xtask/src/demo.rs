@@ -507,21 +507,7 @@ extern "C" fn interrupted(_: libc::c_int) {
 }
 
 fn catch_interrupts() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic.
-        let result = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = interrupted as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&raw mut action.sa_mask);
-            libc::sigaction(signal, &raw const action, std::ptr::null_mut())
-        };
-        if result != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("cannot install a handler for signal {signal}"));
-        }
-    }
-    Ok(())
+    crate::workspace::on_interrupt(interrupted)
 }
 
 /// Panics (which unwinds through the guards, cleaning up) if the demo was interrupted.

@@ -91,21 +91,7 @@ extern "C" fn forward(signal: libc::c_int) {
 }
 
 fn install_forwarding() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches atomics and calls kill.
-        let result = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = forward as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&raw mut action.sa_mask);
-            libc::sigaction(signal, &raw const action, std::ptr::null_mut())
-        };
-        if result != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("cannot install a handler for signal {signal}"));
-        }
-    }
-    Ok(())
+    crate::workspace::on_interrupt(forward)
 }
 
 fn set_child(pid: u32) {

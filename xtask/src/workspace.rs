@@ -122,3 +122,22 @@ pub fn target_dir() -> Result<PathBuf> {
         .context("`cargo metadata` gave no target_directory")?;
     Ok(PathBuf::from(dir))
 }
+
+/// Installs `handler` for SIGINT and SIGTERM. The handler must be async-signal-safe.
+pub fn on_interrupt(handler: extern "C" fn(libc::c_int)) -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the caller's handler is async-signal-safe.
+        let result = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&raw mut action.sa_mask);
+            libc::sigaction(signal, &raw const action, std::ptr::null_mut())
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot install a handler for signal {signal}"));
+        }
+    }
+    Ok(())
+}
