@@ -90,6 +90,12 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Printing commands end quietly when their reader goes away (`slammer list | head`), as
+        // Unix tools do; the daemon keeps Rust's default of ignoring SIGPIPE.
+        // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Block(args) => block::block(&args),
