@@ -861,3 +861,99 @@ fn capacity_limits_the_blocklist() {
     assert_eq!(cli.stats().get("daemon.blocks_refused_full"), 1);
     t.mark(&format!("after an unblock the third fits: {list:?}"));
 }
+
+/// The action log gets one line per block and unblock, and the hooks run with the target and an
+/// attacker-influenced reason as single arguments; after the log is moved away (logrotate), a
+/// SIGHUP makes the daemon write to a new file at the same path.
+#[test]
+fn action_log_and_hooks() {
+    let t = Timeline::new("operations/actions");
+    let topo = Topology::new();
+    let conf = topo.dir.subdir("conf");
+    let calls = conf.join("hook-calls");
+    let config = conf.join("slammer.toml");
+    // The hook appends its arguments, one per line, then a separator.
+    let hook = |action: &str| {
+        format!(
+            "{action} = {{ argv = [\"sh\", \"-c\", 'printf \"%s\\n\" \"$@\" \"--\" >> {}', \"sh\", \"{{action}}\", \"{{target}}\", \"{{reason}}\"], timeout = \"5s\" }}",
+            calls.display()
+        )
+    };
+    write_config(
+        &config,
+        &format!("[hooks]\n{}\n{}\n", hook("on_block"), hook("on_unblock")),
+    );
+    let args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut daemon = Daemon::start_with_args(&topo, &args);
+    let cli = daemon.cli();
+    let actions = daemon.paths.state_dir.join("actions.log");
+    let attacker = topo.cl4(2);
+    let target = attacker.to_string();
+    let reason = "x\"; touch /tmp/slammer-pwned; echo \"$(id)";
+    cli.ok(&["block", &target, "--ttl", "1h", "--reason", reason]);
+    let read = |path: &Path| fs::read_to_string(path).unwrap_or_default();
+    let lines = wait_until("the block hook to run", Duration::from_secs(10), || {
+        let text = read(&calls);
+        text.contains("\n--\n").then_some(text)
+    });
+    let args: Vec<&str> = lines.lines().take_while(|l| *l != "--").collect();
+    assert_eq!(args[0], "block", "{lines}");
+    assert_eq!(args[1], target, "{lines}");
+    assert_eq!(
+        args.len(),
+        3,
+        "the reason must arrive as one argument: {lines}"
+    );
+    assert!(args[2].contains("touch /tmp/slammer-pwned"), "{lines}");
+    assert!(
+        !Path::new("/tmp/slammer-pwned").exists(),
+        "the reason was run by a shell"
+    );
+    let log = wait_until("the action log line", Duration::from_secs(5), || {
+        let text = read(&actions);
+        text.contains(" block ").then_some(text)
+    });
+    assert!(
+        log.contains(&format!(" block {target} ttl=")) && log.contains("source=manual"),
+        "{log}"
+    );
+    assert_eq!(log.lines().count(), 1, "{log}");
+    t.mark("block: hook ran with 3 arguments, one action log line");
+
+    // logrotate: move the file away, SIGHUP, and the unblock goes to a new file.
+    let rotated = daemon.paths.state_dir.join("actions.log.1");
+    fs::rename(&actions, &rotated).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the log reopened", Duration::from_secs(5), || {
+        actions.exists().then_some(())
+    });
+    cli.ok(&["unblock", &target]);
+    let log = wait_until(
+        "the unblock line in the new file",
+        Duration::from_secs(5),
+        || {
+            let text = read(&actions);
+            text.contains(" unblock ").then_some(text)
+        },
+    );
+    assert!(
+        log.contains(&format!(" unblock {target} ttl=- source=manual")),
+        "{log}"
+    );
+    assert_eq!(
+        read(&rotated).lines().count(),
+        1,
+        "the rotated file keeps its line"
+    );
+    wait_until("the unblock hook to run", Duration::from_secs(10), || {
+        read(&calls).lines().any(|l| l == "unblock").then_some(())
+    });
+    t.mark("unblock: new file after SIGHUP, hook ran");
+}
