@@ -20,6 +20,7 @@ pub mod netns;
 pub mod poll;
 pub mod postfix;
 pub mod redis;
+pub mod scenario;
 pub mod scratch;
 pub mod smtp;
 

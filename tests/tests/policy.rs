@@ -9,7 +9,7 @@
 
 use std::{
     fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -21,6 +21,7 @@ use tests::{
     daemon::same_target,
     poll::{poll_until, wait_until},
     postfix::DOMAIN,
+    scenario,
 };
 
 /// Rejections that get a client blocked (`--threshold`); low to keep the tests fast.
@@ -93,20 +94,12 @@ impl MailHost {
 
     /// (attacker .2, other client .3) of one family.
     fn clients(&self, v6: bool) -> (IpAddr, IpAddr) {
-        if v6 {
-            (self.topo.cl6(2), self.topo.cl6(3))
-        } else {
-            (self.topo.cl4(2), self.topo.cl4(3))
-        }
+        scenario::clients(&self.topo, v6)
     }
 
     /// An SMTP session from `src` to mx:25 (banner read).
     fn smtp(&self, src: IpAddr) -> Smtp {
-        Smtp::connect(
-            self.topo.cl.name(),
-            src,
-            SocketAddr::new(self.topo.mx_for(src), 25),
-        )
+        scenario::connect(&self.topo, src, 25)
     }
 
     /// A session from `src` with EHLO and MAIL FROM done: ready for rejected RCPTs.
