@@ -152,17 +152,10 @@ fn opensmtpd_replies() {
     replay("opensmtpd");
 }
 
-/// Runs one server segment of flow 198.51.100.7:40000 <- :25 and returns the events.
-fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: &[u8]) -> Seen {
-    let mut frame = ethernet(&[], ETH_P_IPV4);
-    frame.extend(ipv4(
-        [192, 0, 2, 1],
-        [198, 51, 100, 7],
-        &[],
-        &tcp(25, 40000, seq, 0x18, payload),
-    ));
+/// Runs `frame` through the classifier and returns the events it reported.
+fn classify(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, frame: &[u8]) -> Seen {
     let opts = TestRunOptions {
-        data_in: Some(&frame),
+        data_in: Some(frame),
         ..TestRunOptions::default()
     };
     tk.get()
@@ -175,6 +168,18 @@ fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: 
     };
     drain(ring, &mut seen);
     seen
+}
+
+/// Runs one server segment of flow 198.51.100.7:40000 <- :25 and returns the events.
+fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: &[u8]) -> Seen {
+    let mut frame = ethernet(&[], ETH_P_IPV4);
+    frame.extend(ipv4(
+        [192, 0, 2, 1],
+        [198, 51, 100, 7],
+        &[],
+        &tcp(25, 40000, seq, 0x18, payload),
+    ));
+    classify(tk, ring, &frame)
 }
 
 fn loaded() -> (TestKernel, RingBuf<MapData>) {
@@ -231,18 +236,6 @@ fn client_commands_never_count() {
         &[],
         &tcp(40000, 25, 1, 0x18, body),
     ));
-    let opts = TestRunOptions {
-        data_in: Some(&frame),
-        ..TestRunOptions::default()
-    };
-    tk.get()
-        .classifier()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    let mut seen = Seen {
-        rejections: BTreeMap::new(),
-        tls_started: 0,
-    };
-    drain(&mut ring, &mut seen);
+    let seen = classify(&mut tk, &mut ring, &frame);
     assert!(seen.rejections.is_empty());
 }

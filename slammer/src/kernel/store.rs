@@ -35,6 +35,12 @@ fn store_error(call: &'static str, err: MapError) -> StoreError {
     }
 }
 
+/// The target of a trie key; `None` for a key no daemon would have written.
+fn prefix_target(prefix_len: u32, addr: IpAddr) -> Option<Target> {
+    let len = u8::try_from(prefix_len).ok()?;
+    Target::new_prefix(IpNet::new(addr, len).ok()?).ok()
+}
+
 fn prefix_len(net: &IpNet) -> u32 {
     u32::from(net.prefix_len())
 }
@@ -60,11 +66,7 @@ impl KernelStore {
                 .iter()
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
-                    let len = u8::try_from(k.prefix_len()).ok()?;
-                    Some((
-                        Target::new_prefix(IpNet::new(IpAddr::from(k.data()), len).ok()?).ok()?,
-                        v,
-                    ))
+                    Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))
                 }),
         );
         all.extend(
@@ -72,11 +74,7 @@ impl KernelStore {
                 .iter()
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
-                    let len = u8::try_from(k.prefix_len()).ok()?;
-                    Some((
-                        Target::new_prefix(IpNet::new(IpAddr::from(k.data()), len).ok()?).ok()?,
-                        v,
-                    ))
+                    Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))
                 }),
         );
         all
