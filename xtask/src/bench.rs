@@ -51,9 +51,9 @@ pub struct Args {
     /// Shorter runs: fewer repeats and rounds, 1 s of traffic per method.
     #[arg(long)]
     pub quick: bool,
-    /// Run only this part (default: all).
-    #[arg(long, value_enum)]
-    pub only: Option<Part>,
+    /// Run only these parts, comma-separated or repeated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
     /// `BPF_PROG_TEST_RUN` repeats per case and round [default: 1000000, --quick 200000].
     #[arg(long, value_name = "N")]
     pub repeat: Option<u32>,
@@ -64,6 +64,14 @@ pub struct Args {
     /// Seconds of traffic per drop-rate method [default: 2, --quick 1].
     #[arg(long, value_name = "SECS")]
     pub seconds: Option<f64>,
+}
+
+impl Args {
+    /// Whether `part` is to run.
+    #[cfg_attr(not(feature = "bench-runner"), expect(dead_code, reason = "used by the runner"))]
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 pub fn cmd(args: &Args) -> Result<()> {

@@ -42,7 +42,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Each part runs even when the other failed; the JSON records what each gave.
     let mut failures = Vec::new();
 
-    if args.only != Some(Part::Drop) {
+    if args.wants(Part::Cost) {
         let corpus = workspace::root().join("../shared/smtp-replies");
         let result = run_pinned(|| {
             cost::run(&cost::Options {
@@ -71,7 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    if args.only != Some(Part::Cost) && !sys::interrupted() {
+    if args.wants(Part::Drop) && !sys::interrupted() {
         if cpus.len() < 2 {
             println!(
                 "Drop rate: skipped: it needs two CPUs (sender and receiver), this process may \
