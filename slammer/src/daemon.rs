@@ -22,8 +22,9 @@ use crate::{
     clock,
     config::{ConfigSource, Mode, Settings},
     control::{
+        protocol::WatchEvent,
         protocol::{ErrorKind, Request, Response},
-        server::{ControlSocket, Handler},
+        server::{ControlSocket, Handler, WatchStart},
     },
     engine::{Engine, Now, Outcome, Policy},
     events::{self, Event},
@@ -39,6 +40,7 @@ use crate::{
     spread::SpreadConfig,
     state::{self, SavedBlock, State},
     tracker::TrackerConfig,
+    watch::{self, Watchers},
 };
 
 /// How often expired blocks are swept. The gate stops enforcing at the exact expiry by itself;
@@ -59,6 +61,8 @@ struct Inner {
     fleet: Option<Fleet>,
     /// For work started from threads outside the runtime (log readers).
     runtime: tokio::runtime::Handle,
+    /// Followers of the enforced blocklist (`slammer watch`, the BGP feeder).
+    watchers: Watchers,
 }
 
 /// Writes a block or unblock to the action log and hands it to the hooks (not in observe mode,
@@ -95,6 +99,16 @@ fn announce(inner: &mut Inner, action: Action, target: &Target, source: &str, re
         }
     }
     if !inner.engine.policy().observe {
+        match (action, ttl) {
+            (Action::Block, Some(ttl)) => inner.watchers.block(
+                target,
+                ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0),
+                source,
+                reason,
+            ),
+            (Action::Block, None) => {}
+            (Action::Unblock, _) => inner.watchers.unblock(target, source),
+        }
         let event = HookEvent {
             action,
             target: *target,
@@ -249,6 +263,7 @@ pub async fn run(
         log_stats: Arc::clone(&log_stats),
         fleet: fleet.clone(),
         runtime: tokio::runtime::Handle::current(),
+        watchers: Watchers::default(),
     }));
     logsource::spawn_all(&settings.logs, &log_sink(&shared), &log_stats);
     {
@@ -272,6 +287,10 @@ pub async fn run(
         let shared = Arc::clone(&shared);
         Arc::new(move |request| handle(&shared, request))
     };
+    let watch: WatchStart = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move || start_watch(&shared))
+    };
     let metrics = Metrics::new({
         let shared = Arc::clone(&shared);
         Arc::new(move || snapshot(&lock(&shared)))
@@ -283,7 +302,7 @@ pub async fn run(
     );
     tokio::select! {
         () = shutdown => log::info!("shutting down"),
-        () = socket.serve(handler) => {}
+        () = socket.serve(handler, watch) => {}
         () = metrics::serve(metrics_listener, Arc::new(Mutex::new(metrics))) => {}
         res = consume_events(ring, Arc::clone(&shared), block_latency) => res?,
         () = sweep(Arc::clone(&shared)) => {}
@@ -760,6 +779,10 @@ fn reload(shared: &Shared) -> Result<String, String> {
         Err(err) => log::error!("reload refused, keeping the running configuration: {err}"),
     }
     // From observe to enforce: the pending blocks apply now, and so does freeing their slots.
+    if was_observing != inner.engine.policy().observe {
+        // Followers held nothing (observe) or everything (enforce): both are stale now.
+        inner.watchers.resync();
+    }
     let now_enforced: Vec<Target> = if was_observing && !inner.engine.policy().observe {
         inner
             .engine
@@ -861,6 +884,10 @@ fn handle(shared: &Shared, request: Request) -> Response {
             }
             Response::ok(Some(serde_json::to_value(list).expect("plain data")))
         }
+        // The connection serves it (a stream, not one answer).
+        Request::Watch => {
+            Response::error(ErrorKind::BadRequest, "watch needs a connection of its own")
+        }
         Request::Reload => match reload(shared) {
             Ok(message) => Response::ok(Some(json!(message))),
             Err(err) => Response::error(ErrorKind::BadRequest, format!("reload refused: {err}")),
@@ -880,6 +907,18 @@ fn handle(shared: &Shared, request: Request) -> Response {
             ))
         }
     }
+}
+
+/// A snapshot of the enforced blocks and the changes after it, under one lock.
+fn start_watch(shared: &Shared) -> (WatchEvent, tokio::sync::broadcast::Receiver<watch::Signal>) {
+    let inner = lock(shared);
+    let changes = inner.watchers.subscribe();
+    let blocks = if inner.engine.policy().observe {
+        Vec::new()
+    } else {
+        watch::snapshot(inner.engine.blocklist().table(), clock::boot_ns())
+    };
+    (WatchEvent::Snapshot { blocks }, changes)
 }
 
 fn snapshot(state: &Inner) -> Snapshot {

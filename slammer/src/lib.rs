@@ -33,3 +33,4 @@ pub mod sessions;
 pub mod spread;
 pub mod state;
 pub mod tracker;
+pub mod watch;

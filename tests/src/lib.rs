@@ -23,6 +23,7 @@ pub mod redis;
 pub mod scenario;
 pub mod scratch;
 pub mod smtp;
+pub mod watch;
 
 use std::{
     fs::File,

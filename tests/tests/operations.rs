@@ -957,3 +957,60 @@ fn action_log_and_hooks() {
     });
     t.mark("unblock: new file after SIGHUP, hook ran");
 }
+
+/// `slammer watch` starts with a snapshot of what is enforced, then reports each block and
+/// unblock (manual and expired) as it happens, and ends when the daemon goes away.
+#[test]
+fn watch_follows_the_blocklist() {
+    const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+    let t = Timeline::new("operations/watch");
+    let topo = Topology::new();
+    let mut daemon = Daemon::start(&topo, &DaemonConfig::default());
+    let cli = daemon.cli();
+    let (before, during, brief) = (topo.cl4(2), topo.cl4(3), topo.cl6(4));
+    cli.block(&before.to_string(), &["--ttl", "1h", "--reason", "before"]);
+
+    let mut watch = tests::watch::Watch::start(cli.socket());
+    let snapshot = watch.next("the snapshot", EVENT_TIMEOUT);
+    assert_eq!(snapshot["event"], "snapshot", "{snapshot}");
+    let blocks = snapshot["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks.len(), 1, "{snapshot}");
+    assert_eq!(blocks[0]["target"], before.to_string(), "{snapshot}");
+    assert_eq!(blocks[0]["source"], "manual", "{snapshot}");
+    assert_eq!(blocks[0]["reason"], "before", "{snapshot}");
+    let ttl = blocks[0]["ttl_secs"].as_u64().expect("ttl_secs");
+    assert!((3590..=3600).contains(&ttl), "{snapshot}");
+    t.mark("snapshot holds the earlier block");
+
+    cli.block(&during.to_string(), &["--ttl", "10m", "--reason", "during"]);
+    let event = watch.next(&format!("the block of {during}"), EVENT_TIMEOUT);
+    assert_eq!(event["event"], "block", "{event}");
+    assert_eq!(event["target"], during.to_string(), "{event}");
+    assert_eq!(event["ttl_secs"], 600, "{event}");
+    assert_eq!(event["reason"], "during", "{event}");
+    cli.unblock(&during.to_string());
+    let event = watch.next(&format!("the unblock of {during}"), EVENT_TIMEOUT);
+    assert_eq!(event["event"], "unblock", "{event}");
+    assert_eq!(event["target"], during.to_string(), "{event}");
+    assert_eq!(event["source"], "manual", "{event}");
+    t.mark("manual block and unblock followed");
+
+    cli.block(&brief.to_string(), &["--ttl", "1s"]);
+    let event = watch.next(&format!("the block of {brief}"), EVENT_TIMEOUT);
+    assert_eq!(
+        (event["event"].as_str(), event["target"].as_str()),
+        (Some("block"), Some(brief.to_string().as_str())),
+        "{event}"
+    );
+    let event = watch.next(&format!("the expiry of {brief}"), EVENT_TIMEOUT);
+    assert_eq!(event["event"], "unblock", "{event}");
+    assert_eq!(event["target"], brief.to_string(), "{event}");
+    assert_eq!(event["source"], "expired", "{event}");
+    t.mark("expiry followed");
+
+    daemon.terminate();
+    assert!(
+        watch.ends_within(EVENT_TIMEOUT),
+        "slammer watch still running after the daemon stopped"
+    );
+}

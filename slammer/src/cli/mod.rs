@@ -1,4 +1,4 @@
-//! The command line: `slammer run | block | unblock | list | stats | test-pattern | reload |
+//! The command line: `slammer run | block | unblock | list | stats | watch | test-pattern | reload |
 //! check-config | detach | completions | man`.
 
 mod block;
@@ -11,6 +11,7 @@ mod reload;
 mod run;
 mod stats;
 mod test_pattern;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -41,6 +42,8 @@ enum Command {
     List(list::Args),
     /// Show the counters of the kernel programs and the daemon.
     Stats(stats::Args),
+    /// Follow the enforced blocklist: a snapshot, then each block and unblock as it happens.
+    Watch(watch::Args),
     /// Show whether reply lines count as offenses under the rules.
     TestPattern(test_pattern::Args),
     /// Re-read the configuration of the running daemon (like SIGHUP).
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Unblock(args) => block::unblock(&args),
         Command::List(args) => list::list(&args),
         Command::Stats(args) => stats::stats(&args),
+        Command::Watch(args) => watch::watch(&args),
         Command::TestPattern(args) => test_pattern::test_pattern(&args),
         Command::Reload(args) => reload::reload(&args),
         Command::CheckConfig(args) => check_config::check_config(&args),

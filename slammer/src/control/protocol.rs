@@ -20,6 +20,34 @@ pub enum Request {
     Stats,
     /// Re-read the configuration and apply what can change without a restart.
     Reload,
+    /// Follow the blocklist: after the `ok` response the connection carries one
+    /// [`WatchEvent`] per line, first a snapshot of the enforced blocks, then every change.
+    Watch,
+}
+
+/// One enforced block as a watcher sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedBlock {
+    /// An address (`192.0.2.7`) or a prefix (`192.0.2.0/24`).
+    pub target: String,
+    /// Seconds until the block ends, rounded up.
+    pub ttl_secs: u64,
+    /// `auto`, `manual`, `restored` or `fleet`.
+    pub source: String,
+    pub reason: String,
+}
+
+/// A line of the `watch` stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// Everything enforced now. Sent first, and again whenever the watcher may have missed
+    /// changes (it fell behind, or the mode changed): replace what you hold with it.
+    Snapshot { blocks: Vec<WatchedBlock> },
+    /// A block started (or was extended).
+    Block(WatchedBlock),
+    /// A block ended. `source` says why: `manual`, `expired` or `fleet`.
+    Unblock { target: String, source: String },
 }
 
 /// Why a request failed; the CLI maps `BadRequest` to exit code 2, the rest to 1.

@@ -12,7 +12,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::protocol::{ErrorKind, Request, Response};
+use super::protocol::{ErrorKind, Request, Response, WatchEvent};
+use crate::watch::Signal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +29,10 @@ pub enum ServeError {
 
 /// Answers one request.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// Starts following the blocklist: a snapshot, and the changes after it (taken atomically).
+pub type WatchStart =
+    Arc<dyn Fn() -> (WatchEvent, tokio::sync::broadcast::Receiver<Signal>) + Send + Sync>;
 
 /// A bound control socket; the file is removed when this is dropped.
 pub struct ControlSocket {
@@ -62,11 +67,11 @@ impl ControlSocket {
     }
 
     /// Serves connections until the task is dropped.
-    pub async fn serve(&self, handler: Handler) {
+    pub async fn serve(&self, handler: Handler, watch: WatchStart) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, Arc::clone(&handler)));
+                    tokio::spawn(connection(stream, Arc::clone(&handler), Arc::clone(&watch)));
                 }
                 Err(err) => {
                     log::warn!(
@@ -86,7 +91,7 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn connection(stream: UnixStream, handler: Handler) {
+async fn connection(stream: UnixStream, handler: Handler, watch: WatchStart) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     loop {
@@ -99,6 +104,10 @@ async fn connection(stream: UnixStream, handler: Handler) {
             }
         };
         let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Watch) => {
+                follow(lines, write, watch).await;
+                return;
+            }
             Ok(request) => {
                 let handler = Arc::clone(&handler);
                 // Handlers take a lock and make map syscalls: keep them off the async workers.
@@ -108,10 +117,64 @@ async fn connection(stream: UnixStream, handler: Handler) {
             }
             Err(err) => Response::error(ErrorKind::BadRequest, format!("bad request: {err}")),
         };
-        let mut out = serde_json::to_vec(&response).expect("responses always serialise");
-        out.push(b'\n');
-        if write.write_all(&out).await.is_err() {
+        if send(&mut write, &response).await.is_err() {
             return;
         }
     }
+}
+
+/// Serves a `watch` request until the follower hangs up: `ok`, a snapshot, then each change;
+/// a follower that fell behind gets a fresh snapshot instead of the changes it missed.
+async fn follow(
+    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    watch: WatchStart,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+
+    let start = || {
+        let watch = Arc::clone(&watch);
+        // Snapshots of large blocklists take a while under the daemon's lock.
+        tokio::task::spawn_blocking(move || watch())
+    };
+    let Ok((mut snapshot, mut changes)) = start().await else {
+        return;
+    };
+    if send(&mut write, &Response::ok(None)).await.is_err() {
+        return;
+    }
+    loop {
+        if send(&mut write, &snapshot).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                next = changes.recv() => next,
+                // Anything the follower sends, or its hang-up, ends the stream.
+                _ = lines.next_line() => return,
+            };
+            match next {
+                Ok(Signal::Event(event)) => {
+                    if send(&mut write, &event).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Signal::Resync) | Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            }
+        }
+        match start().await {
+            Ok((s, c)) => (snapshot, changes) = (s, c),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    value: &impl serde::Serialize,
+) -> io::Result<()> {
+    let mut out = serde_json::to_vec(value).expect("plain data always serialises");
+    out.push(b'\n');
+    write.write_all(&out).await
 }
