@@ -249,10 +249,15 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `count` mail hosts, their links to a new redis namespace, redis-server bound to the redis
-    /// end of every link, then Postfix and a daemon (threshold 3, `--fleet` to its link's redis
-    /// address, node `mx<i>-<id>`) per host; waits until every daemon is connected to the fleet.
+    /// `count` mail hosts with [`THRESHOLD`]: see [`Fleet::start_with`].
     fn start(t: &Timeline, count: u8) -> Fleet {
+        Fleet::start_with(t, count, THRESHOLD)
+    }
+
+    /// `count` mail hosts, their links to a new redis namespace, redis-server bound to the redis
+    /// end of every link, then Postfix and a daemon (`threshold`, `--fleet` to its link's redis
+    /// address, node `mx<i>-<id>`) per host; waits until every daemon is connected to the fleet.
+    fn start_with(t: &Timeline, count: u8, threshold: u32) -> Fleet {
         let id = loop {
             let id = unique_id();
             if !std::path::Path::new(&format!("/run/netns/slt{id}-rd")).exists() {
@@ -291,7 +296,7 @@ impl Fleet {
             let name = format!("mx{i}-{id}");
             let postfix = Postfix::start(&topo.mx, topo.dir.path());
             let cfg = DaemonConfig {
-                threshold: THRESHOLD,
+                threshold,
                 window: "10m".into(),
                 ttl: "1h".into(),
                 extra: vec![
@@ -665,6 +670,83 @@ fn offenses_count_across_the_fleet() {
     );
     assert_eq!(s2.get("daemon.auto_blocks"), 1, "mx2 decided: {}", s2.0);
     fleet.wait_redis_offenses(attacker, 0, "the block (it clears the fleet's count)");
+}
+
+/// A careful slammer spreads its probes over three MX hosts, one rejection on each in turn, so
+/// that no host sees the threshold (9): the fleet's count reaches 9 at the third round, on mx3,
+/// which blocks it "across the fleet"; mx1 and mx2 mirror the block, and the attacker's fourth
+/// round (`threshold / 3 + 1` per host) gets no reply anywhere.
+#[test]
+fn spread_attack_is_blocked_on_every_host() {
+    const SPREAD_THRESHOLD: u32 = 9;
+    let t = Timeline::new("fleet/spread");
+    let fleet = Fleet::start_with(&t, 3, SPREAD_THRESHOLD);
+    let attacker = fleet.shared_attacker(&t);
+    let mut sessions: Vec<Smtp> = fleet
+        .nodes
+        .iter()
+        .map(|n| n.probe_session(attacker))
+        .collect();
+    let per_host = SPREAD_THRESHOLD / 3 + 1;
+    let rounds_to_block = SPREAD_THRESHOLD / 3;
+    let mut sent = 0;
+    for round in 1..=rounds_to_block {
+        for (node, session) in fleet.nodes.iter().zip(&mut sessions) {
+            sent += 1;
+            reject(session, sent, 1);
+            if sent < SPREAD_THRESHOLD {
+                node.wait_offenses(round);
+                fleet.wait_redis_offenses(attacker, u64::from(sent), &node.name);
+            }
+        }
+        if round < rounds_to_block {
+            for node in &fleet.nodes {
+                node.assert_not_listed(attacker, "below the fleet's threshold");
+            }
+        }
+    }
+    let decider = &fleet.nodes[2];
+    let (original, detect) = decider.wait_listed(attacker, DETECT_TIMEOUT, "the 9th rejection");
+    t.mark(&format!(
+        "{sent} rejections, {rounds_to_block} per host: {} blocked it {:.1} ms later",
+        decider.name,
+        ms(detect)
+    ));
+    assert_eq!(original.source, "auto", "{original:?}");
+    assert!(original.reason.contains("across the fleet"), "{original:?}");
+    let since = Instant::now();
+    let listed = wait_listed_everywhere(&fleet.nodes[..2], attacker, since, "mx3 blocked it");
+    for ((mirror, waited, _), node) in listed.iter().zip(&fleet.nodes) {
+        assert_mirror(mirror, &original, &decider.name);
+        t.mark(&format!(
+            "{} lists it {:.1} ms later",
+            node.name,
+            ms(*waited)
+        ));
+    }
+    for node in &fleet.nodes {
+        let local = node.stats().get("daemon.offenses");
+        assert!(
+            local < u64::from(SPREAD_THRESHOLD),
+            "{} saw {local} rejections alone: the attack was not spread",
+            node.name
+        );
+    }
+
+    // The fourth round: every session was ended at the block, or its command is dropped.
+    for (node, session) in fleet.nodes.iter().zip(&mut sessions) {
+        sent += 1;
+        let reply = session.try_cmd(&unknown_user(sent), DROP_TIMEOUT);
+        assert!(
+            reply.is_err(),
+            "{}: round {per_host} still answered after the block: {reply:?}",
+            node.name
+        );
+    }
+    for node in &fleet.nodes {
+        node.assert_drops(attacker);
+    }
+    t.mark("round 4 got no reply; every host drops the attacker");
 }
 
 /// Redis killed mid-test: mx1 still detects and blocks a local attacker at once, and says it is
