@@ -21,6 +21,8 @@ mod cost;
 #[cfg(feature = "bench-runner")]
 mod drop_rate;
 #[cfg(feature = "bench-runner")]
+mod fleet;
+#[cfg(feature = "bench-runner")]
 mod frames;
 #[cfg(feature = "bench-runner")]
 mod netns;
@@ -44,6 +46,9 @@ pub enum Part {
     Cost,
     /// Drop rate of one blocked source over a veth pair, per method.
     Drop,
+    /// Fleet mode: block propagation between two hosts through Redis, Redis commands per offense
+    /// and per block.
+    Fleet,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,7 +73,10 @@ pub struct Args {
 
 impl Args {
     /// Whether `part` is to run.
-    #[cfg_attr(not(feature = "bench-runner"), expect(dead_code, reason = "used by the runner"))]
+    #[cfg_attr(
+        not(feature = "bench-runner"),
+        expect(dead_code, reason = "used by the runner")
+    )]
     fn wants(&self, part: Part) -> bool {
         self.only.is_empty() || self.only.contains(&part)
     }

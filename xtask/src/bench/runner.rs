@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
-use super::{Args, Part, cost, drop_rate, report, slammer_kernel, sys};
+use super::{Args, Part, cost, drop_rate, fleet, report, slammer_kernel, sys};
 use crate::workspace;
 
 pub fn run(args: &Args) -> Result<()> {
@@ -39,6 +39,12 @@ pub fn run(args: &Args) -> Result<()> {
         "machine": machine,
         "command": std::env::args().skip(1).collect::<Vec<_>>(),
     });
+    if args.wants(Part::Fleet) {
+        // The parts that run `slammer run` get the release build, as an operator would.
+        let bin = crate::build::slammer(true)?;
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("SLAMMER_BIN", &bin) };
+    }
     // Each part runs even when the other failed; the JSON records what each gave.
     let mut failures = Vec::new();
 
@@ -99,6 +105,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
+    if args.wants(Part::Fleet) && !sys::interrupted() {
+        run_fleet(args, &mut out, &mut failures);
+    }
+
     out["finished"] = json!(rfc3339(SystemTime::now()));
     let dir = workspace::target_dir()?.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -114,6 +124,24 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("{} failed (see above)", failures.join(" and "));
     }
     Ok(())
+}
+
+fn run_fleet(args: &Args, out: &mut serde_json::Value, failures: &mut Vec<&str>) {
+    let opts = fleet::Options {
+        blocks: if args.quick { 100 } else { 1000 },
+        offenses: if args.quick { 20 } else { 100 },
+    };
+    match fleet::run(&opts) {
+        Ok(result) => {
+            println!("{}", fleet::table(&result));
+            out["fleet"] = fleet::json(&result);
+        }
+        Err(err) => {
+            println!("Fleet: FAILED: {err:#}\n");
+            out["fleet"] = json!({ "error": format!("{err:#}") });
+            failures.push("the fleet");
+        }
+    }
 }
 
 /// Runs `f` on a thread of its own (which `f` pins), so the pinning ends with it.
