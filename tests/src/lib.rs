@@ -12,6 +12,7 @@
 //! join several topologies to a redis-server of their own ([`Redis`]), in one more namespace linked
 //! to each mx by a veth pair of its own ([`netns::link_namespaces`], `10.232.i.0/30`).
 
+pub mod bgp;
 pub mod command;
 pub mod daemon;
 pub mod exim;

@@ -1,10 +1,11 @@
-//! The command line: `slammer run | block | unblock | list | stats | watch | test-pattern | reload |
-//! check-config | detach | completions | man`.
+//! The command line: `slammer run | block | unblock | list | stats | watch | exabgp |
+//! test-pattern | reload | check-config | detach | completions | man`.
 
 mod block;
 mod check_config;
 mod completions;
 mod detach;
+mod exabgp;
 mod list;
 mod man;
 mod reload;
@@ -42,6 +43,8 @@ enum Command {
     List(list::Args),
     /// Show the counters of the kernel programs and the daemon.
     Stats(stats::Args),
+    /// Run under exabgp as its API process: a blackhole route per block, withdrawn when it ends.
+    Exabgp(exabgp::Args),
     /// Follow the enforced blocklist: a snapshot, then each block and unblock as it happens.
     Watch(watch::Args),
     /// Show whether reply lines count as offenses under the rules.
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
         Command::List(args) => list::list(&args),
         Command::Stats(args) => stats::stats(&args),
         Command::Watch(args) => watch::watch(&args),
+        Command::Exabgp(args) => exabgp::exabgp(&args),
         Command::TestPattern(args) => test_pattern::test_pattern(&args),
         Command::Reload(args) => reload::reload(&args),
         Command::CheckConfig(args) => check_config::check_config(&args),
@@ -127,21 +131,24 @@ fn call(
     socket: &std::path::Path,
     request: &crate::control::protocol::Request,
 ) -> Result<Option<serde_json::Value>, Failure> {
-    use crate::control::protocol::ErrorKind;
     let response = crate::control::client::call(socket, request)?;
     if response.ok {
         return Ok(response.result);
     }
-    let message = response
-        .error
-        .unwrap_or_else(|| "the daemon refused the request".to_owned());
-    let code = if response.kind == Some(ErrorKind::BadRequest) {
+    Err(refused(response.kind, response.error))
+}
+
+/// A request the daemon refused: exit code 2 for bad input, else 1.
+fn refused(kind: Option<crate::control::protocol::ErrorKind>, error: Option<String>) -> Failure {
+    use crate::control::protocol::ErrorKind;
+    let message = error.unwrap_or_else(|| "the daemon refused the request".to_owned());
+    let code = if kind == Some(ErrorKind::BadRequest) {
         2
     } else {
         1
     };
-    Err(Failure {
+    Failure {
         code,
         error: anyhow::Error::msg(message),
-    })
+    }
 }
