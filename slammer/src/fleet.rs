@@ -37,7 +37,6 @@
 //! count, `PUBLISH`, pipelined), one per unblock (an `EVAL` of [`wire::UNBLOCK_SCRIPT`],
 //! `PUBLISH`), one per offense (`EVALSHA` of [`wire::OFFENSE_SCRIPT`]).
 
-mod backoff;
 mod link;
 mod mirror;
 mod url;

@@ -17,19 +17,17 @@ use std::{
     str::FromStr as _,
     sync::mpsc::{self, RecvTimeoutError, Sender},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use crate::{
+    backoff::Backoff,
     bgp::{self, Community, RouteOptions, RouteTable},
     control::{client::ClientError, follower::Follower, protocol::WatchEvent},
 };
 
 use super::{Failure, SocketArg};
 
-/// First reconnect delay; doubles up to [`RECONNECT_MAX`] while the daemon stays away.
-const RECONNECT_FIRST: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Commands remembered to name the one an `error` answers (ExaBGP answers in order).
 const MAX_UNANSWERED: usize = 4096;
 
@@ -118,7 +116,7 @@ fn read_exabgp(tx: &Sender<Input>) {
 
 /// Follows the daemon's `watch` stream, reconnecting with a backoff while it is away.
 fn follow_daemon(socket: &Path, tx: &Sender<Input>) {
-    let mut delay = RECONNECT_FIRST;
+    let mut backoff = Backoff::default();
     loop {
         let sent = match Follower::connect(socket) {
             Ok(mut follower) => {
@@ -127,7 +125,7 @@ fn follow_daemon(socket: &Path, tx: &Sender<Input>) {
                     sent = match follower.next_event() {
                         Ok(event) => {
                             if matches!(event, WatchEvent::Snapshot { .. }) {
-                                delay = RECONNECT_FIRST;
+                                backoff.reset();
                             }
                             tx.send(Input::Watch(event))
                         }
@@ -155,8 +153,7 @@ fn follow_daemon(socket: &Path, tx: &Sender<Input>) {
         if sent.is_err() {
             return;
         }
-        thread::sleep(delay);
-        delay = (delay * 2).min(RECONNECT_MAX);
+        thread::sleep(backoff.next_delay());
     }
 }
 
@@ -359,6 +356,8 @@ impl Feeder {
 #[cfg(test)]
 mod tests {
     use crate::control::protocol::WatchedBlock;
+
+    use std::time::Duration;
 
     use super::*;
 

@@ -16,12 +16,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     FleetEvent, State,
-    backoff::Backoff,
     mirror::{Mirror, Missing},
     unix_ms,
     wire::{Action, BlockValue, Keys, Message, TOMBSTONE_TTL, Tombstone, UNBLOCK_SCRIPT},
 };
-use crate::addr::Target;
+use crate::{addr::Target, backoff::Backoff};
 
 /// Changes sent to Redis in one pipeline at most.
 const BATCH: usize = 256;

@@ -1,5 +1,5 @@
-//! The reconnect schedule: exponential from [`FIRST`] to [`MAX`], back to the start once a
-//! connection has been set up fully.
+//! The reconnect schedule of the fleet link and the BGP feeder: exponential from [`FIRST`] to
+//! [`MAX`], back to the start once a connection has been set up fully.
 
 use std::time::Duration;
 
