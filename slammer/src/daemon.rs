@@ -18,7 +18,7 @@ use crate::{
     actionlog::{self, Action, ActionLog, ActionRecord},
     addr::Target,
     allow::Allowlist,
-    blocklist::{Block, BlockError, Blocklist, Source},
+    blocklist::{Block, BlockError, Blocklist, BulkBlock, BulkRefusal, ListJson, Source},
     clock,
     config::{ConfigSource, Mode, Settings},
     control::{
@@ -46,6 +46,13 @@ use crate::{
 /// How often expired blocks are swept. The gate stops enforcing at the exact expiry by itself;
 /// the sweep only frees the entry.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Blocks handled per hold of the lock by the passes that work through many, so that an event
+/// never waits long: expired blocks removed and announced, blocks of a bulk request applied,
+/// blocks announced, blocks copied (listing, saving).
+const SWEEP_CHUNK: usize = 128;
+const BULK_CHUNK: usize = 512;
+const ANNOUNCE_CHUNK: usize = 128;
+const COPY_CHUNK: usize = 4096;
 
 struct Inner {
     engine: Engine<KernelStore>,
@@ -122,11 +129,18 @@ fn announce(inner: &mut Inner, action: Action, target: &Target, source: &str, re
 
 type Shared = Arc<Mutex<Inner>>;
 
+/// Threads waiting in [`lock`], so that long passes can step aside for them ([`let_others_in`]).
+static LOCK_WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    use std::sync::atomic::Ordering::SeqCst;
+    LOCK_WAITERS.fetch_add(1, SeqCst);
     // A panic while holding the lock leaves consistent data behind (each step is atomic).
-    shared
+    let guard = shared
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    LOCK_WAITERS.fetch_sub(1, SeqCst);
+    guard
 }
 
 /// Builds the policy (rules, allowlist, counting) from validated settings.
@@ -237,13 +251,15 @@ pub async fn run(
     let counters = kernel.take_counters()?;
 
     let mut blocklist = Blocklist::new(store, settings.capacity);
-    let saved = load_state(&settings.state_dir);
+    let mut saved = load_state(&settings.state_dir);
+    let saved_blocks = std::mem::take(&mut saved.blocks);
     let restored = if kernel.fresh_maps() {
-        restore_saved(&mut blocklist, &saved)
+        restore_saved(&mut blocklist, saved_blocks)
     } else {
-        adopt_pinned(&mut blocklist, &saved);
+        adopt_pinned(&mut blocklist, saved_blocks);
         Vec::new()
     };
+    return_freed_memory();
     blocklist.store_mut().set_observe(policy.observe)?;
     if policy.observe {
         log::warn!("observe mode: blocks are decided, listed and counted, but nothing is dropped");
@@ -266,12 +282,11 @@ pub async fn run(
         watchers: Watchers::default(),
     }));
     logsource::spawn_all(&settings.logs, &log_sink(&shared), &log_stats);
-    {
-        // After a reboot the hooks' effects (null routes, announcements) are gone too.
-        let mut inner = lock(&shared);
-        for (target, reason) in &restored {
-            announce(&mut inner, Action::Block, target, "restored", reason);
-        }
+    if !restored.is_empty() {
+        // After a reboot the hooks' effects (null routes, announcements) are gone too. In the
+        // background: the control socket and the events need not wait for a million of them.
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || announce_blocks(&shared, &restored, "restored"));
     }
     log::info!(
         "slammer running on {} (SMTP ports {:?}, threshold {} in {}, TTL {}), control socket {}",
@@ -370,95 +385,135 @@ fn load_state(dir: &std::path::Path) -> State {
 /// Blocks left in pinned maps by a previous daemon are enforced already; index them, with their
 /// reasons from the state file where it has them. Expired leftovers are indexed too, as due, so
 /// the first sweep removes them.
-fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>, saved: &State) {
-    let reasons: std::collections::HashMap<Target, &str> = saved
-        .blocks
-        .iter()
-        .map(|b| (b.target, b.reason.as_str()))
-        .collect();
+fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>, saved: Vec<SavedBlock>) {
+    let started = std::time::Instant::now();
+    let entries = match blocklist.store().entries() {
+        Ok(entries) => entries,
+        Err(err) => {
+            log::error!(
+                "cannot read the pinned blocklist maps: {err}; starting with an empty index"
+            );
+            return;
+        }
+    };
     let now = clock::boot_ns();
-    let mut adopted = 0;
-    for (target, entry) in blocklist.store().entries() {
-        adopted += usize::from(entry.expires_at_ns > now);
-        let reason = reasons
-            .get(&target)
-            .map_or("kept from the previous run", |r| r)
-            .to_owned();
-        blocklist.adopt(target, &entry, reason);
-    }
+    let adopted = entries
+        .iter()
+        .filter(|(_, e)| e.expires_at_ns > now)
+        .count();
+    blocklist.adopt_all(state::with_reasons(entries, saved).into_iter().map(
+        |(target, entry, reason)| {
+            let reason = reason.unwrap_or_else(|| "kept from the previous run".to_owned());
+            (target, entry, reason)
+        },
+    ));
     if adopted > 0 {
-        log::info!("adopted {adopted} blocks from the pinned maps");
+        log::info!(
+            "adopted {adopted} blocks from the pinned maps in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
     }
 }
 
 /// After a reboot (or with maps of an incompatible build) the state file is all there is.
-fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: &State) -> Vec<(Target, String)> {
+/// Returns the blocks restored, to announce.
+fn restore_saved(blocklist: &mut Blocklist<KernelStore>, saved: Vec<SavedBlock>) -> Vec<Target> {
+    let started = std::time::Instant::now();
     let now = clock::boot_ns();
     let now_ms = state::unix_ms(std::time::SystemTime::now());
-    let mut restored = Vec::new();
-    for block in &saved.blocks {
-        let Some(left_ms) = block
-            .expires_at_unix_ms
-            .checked_sub(now_ms)
-            .filter(|&ms| ms > 0)
-        else {
-            continue;
-        };
-        let expires_at_ns = now.saturating_add(left_ms.saturating_mul(1_000_000));
-        let restored_block = Block {
-            expires_at_ns,
-            source: Source::Restored,
-            reason: block.reason.clone(),
-        };
-        match blocklist.insert(block.target, restored_block) {
-            Ok(()) => restored.push((block.target, block.reason.clone())),
-            Err(err) => log::error!("cannot restore the block of {}: {err}", block.target),
-        }
+    let live: Vec<(Target, Block)> = saved
+        .into_iter()
+        .filter_map(|block| {
+            let left_ms = block
+                .expires_at_unix_ms
+                .checked_sub(now_ms)
+                .filter(|&ms| ms > 0)?;
+            let restored = Block {
+                expires_at_ns: now.saturating_add(left_ms.saturating_mul(1_000_000)),
+                source: Source::Restored,
+                reason: block.reason,
+            };
+            Some((block.target, restored))
+        })
+        .collect();
+    let out = blocklist.insert_many(live);
+    if let Some(err) = &out.first_error {
+        log::error!(
+            "cannot restore {} blocks from the state file: {}",
+            out.failed,
+            error_chain(err)
+        );
     }
+    let mut restored = out.applied.added;
+    restored.extend(out.applied.replaced.into_iter().map(|(t, _)| t));
     if !restored.is_empty() {
-        log::info!("restored {} blocks from the state file", restored.len());
+        log::info!(
+            "restored {} blocks from the state file in {:.2} s",
+            restored.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     restored
 }
 
-/// The blocklist as the state file holds it.
+/// The blocklist as the state file holds it, copied in one go (at shutdown).
 fn saved_state(engine: &Engine<KernelStore>) -> State {
-    let (now, now_wall) = (clock::boot_ns(), std::time::SystemTime::now());
-    let blocks = engine
-        .blocklist()
-        .table()
-        .iter()
-        .map(|(target, block)| SavedBlock {
-            target: *target,
-            expires_at_unix_ms: state::unix_ms(clock::to_wall(block.expires_at_ns, now, now_wall)),
-            source: block.source,
-            reason: block.reason.clone(),
-        })
-        .collect();
-    let now_ms = state::unix_ms(now_wall);
+    let blocks = saved_blocks(
+        engine
+            .blocklist()
+            .table()
+            .iter()
+            .map(|(t, b)| (*t, b.clone())),
+    );
+    let now_ms = state::unix_ms(std::time::SystemTime::now());
     let mut saved = State::new(blocks, engine.history_records(now_ms));
     saved.known_good = engine.known_good_records(now_ms);
     saved
 }
 
-/// Rewrites the state file at most once a second, when the blocklist changed.
+fn saved_blocks(blocks: impl IntoIterator<Item = (Target, Block)>) -> Vec<SavedBlock> {
+    let (now, now_wall) = (clock::boot_ns(), std::time::SystemTime::now());
+    blocks
+        .into_iter()
+        .map(|(target, block)| SavedBlock {
+            target,
+            expires_at_unix_ms: state::unix_ms(clock::to_wall(block.expires_at_ns, now, now_wall)),
+            source: block.source,
+            reason: block.reason,
+        })
+        .collect()
+}
+
+/// Rewrites the state file at most once a second when the blocklist changed, and spends at most
+/// a tenth of the time writing (a million blocks take about a second to write).
 async fn persist(shared: Shared, dir: std::path::PathBuf) {
     let mut saved_version = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let snapshot = {
-            let inner = lock(&shared);
-            let version = inner.engine.blocklist().version();
-            if saved_version == Some(version) {
-                continue;
-            }
-            saved_version = Some(version);
-            saved_state(&inner.engine)
-        };
+        let version = lock(&shared).engine.blocklist().version();
+        if saved_version == Some(version) {
+            continue;
+        }
+        saved_version = Some(version);
+        let started = std::time::Instant::now();
         let dir = dir.clone();
-        match tokio::task::spawn_blocking(move || state::save(&dir, &snapshot)).await {
+        let shared2 = Arc::clone(&shared);
+        let saved = tokio::task::spawn_blocking(move || {
+            let blocks = saved_blocks(copy_blocks(&shared2));
+            let inner = lock(&shared2);
+            let now_ms = state::unix_ms(std::time::SystemTime::now());
+            let mut snapshot = State::new(blocks, inner.engine.history_records(now_ms));
+            snapshot.known_good = inner.engine.known_good_records(now_ms);
+            drop(inner);
+            let saved = state::save(&dir, &snapshot);
+            drop(snapshot);
+            return_freed_memory();
+            saved
+        })
+        .await;
+        match saved {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 log::error!("{:#}", anyhow::Error::from(err));
@@ -466,6 +521,87 @@ async fn persist(shared: Shared, dir: std::path::PathBuf) {
             }
             Err(err) => log::error!("state writer failed: {err}"),
         }
+        let rest = started.elapsed().saturating_mul(9);
+        if rest > Duration::from_secs(1) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+}
+
+/// Every block, copied a chunk at a time with the lock released in between, so that events are
+/// never held up for long. A block that changed during the walk is kept in its latest form.
+fn copy_blocks(shared: &Shared) -> Vec<(Target, Block)> {
+    let version = lock(shared).engine.blocklist().version();
+    let mut blocks = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (chunk, next) = lock(shared)
+            .engine
+            .blocklist()
+            .table()
+            .chunk_after(cursor, COPY_CHUNK);
+        blocks.extend(chunk);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        let_others_in();
+    }
+    if lock(shared).engine.blocklist().version() != version {
+        // A block extended meanwhile was met twice; the later one is the newer.
+        let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+        let mut newest_first: Vec<(Target, Block)> = blocks
+            .into_iter()
+            .rev()
+            .filter(|(t, _)| seen.insert(*t))
+            .collect();
+        newest_first.reverse();
+        blocks = newest_first;
+    }
+    blocks
+}
+
+/// Between the steps of a long pass over the blocklist (called without the lock): lets whoever
+/// waits for the lock, the event handler first of all, take it before the pass does again. A
+/// mutex does not queue: the pass would otherwise win it back at once. Free when nobody waits;
+/// at most a few milliseconds when a waiter is slow to run.
+fn let_others_in() {
+    let deadline = std::time::Instant::now() + Duration::from_millis(5);
+    while LOCK_WAITERS.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::yield_now();
+    }
+}
+
+/// Gives the memory of a large request or answer back to the system: the allocator keeps freed
+/// memory for reuse otherwise, and a million-block import would leave the daemon hundreds of
+/// megabytes larger than its blocklist needs.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Announces blocks (restored, or from one request) a chunk at a time.
+fn announce_blocks(shared: &Shared, targets: &[Target], source: &str) {
+    for chunk in targets.chunks(ANNOUNCE_CHUNK) {
+        let mut inner = lock(shared);
+        for target in chunk {
+            let Some(reason) = inner
+                .engine
+                .blocklist()
+                .get(target)
+                .map(|b| b.reason.clone())
+            else {
+                continue;
+            };
+            announce(&mut inner, Action::Block, target, source, &reason);
+        }
+        drop(inner);
+        let_others_in();
     }
 }
 
@@ -804,17 +940,33 @@ async fn sweep(shared: Shared) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut inner = lock(&shared);
-        let expired = inner.engine.sweep(clock::boot_ns());
-        for (target, block) in expired {
-            log::info!("unblocked {target}: expired ({})", block.reason);
-            announce(
-                &mut inner,
-                Action::Unblock,
-                &target,
-                "expired",
-                &block.reason,
-            );
+        // A chunk per hold of the lock: a hundred thousand blocks expiring at once must not
+        // hold up events.
+        loop {
+            let expired = {
+                let mut inner = lock(&shared);
+                let held = std::time::Instant::now();
+                let expired = inner.engine.sweep(clock::boot_ns(), SWEEP_CHUNK);
+                for (target, block) in &expired {
+                    announce(
+                        &mut inner,
+                        Action::Unblock,
+                        target,
+                        "expired",
+                        &block.reason,
+                    );
+                }
+                inner.engine.note_sweep_hold(held.elapsed());
+                expired
+            };
+            for (target, block) in &expired {
+                log::info!("unblocked {target}: expired ({})", block.reason);
+            }
+            if expired.len() < SWEEP_CHUNK {
+                break;
+            }
+            let_others_in();
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -874,16 +1026,12 @@ fn handle(shared: &Shared, request: Request) -> Response {
                 Err(e) => block_error(&e),
             }
         }
-        Request::List => {
-            let inner = lock(shared);
-            let mut list = inner.engine.blocklist().list(clock::boot_ns());
-            let enforced = !inner.engine.policy().observe;
-            drop(inner);
-            for entry in &mut list {
-                entry.enforced = enforced;
-            }
-            Response::ok(Some(serde_json::to_value(list).expect("plain data")))
-        }
+        Request::BlockMany {
+            targets,
+            ttl_secs,
+            reason,
+        } => block_many(shared, &targets, ttl_secs, reason.as_deref()),
+        Request::List => list(shared),
         // The connection serves it (a stream, not one answer).
         Request::Watch => {
             Response::error(ErrorKind::BadRequest, "watch needs a connection of its own")
@@ -951,12 +1099,16 @@ fn snapshot(state: &Inner) -> Snapshot {
 
 fn block_error(err: &BlockError) -> Response {
     let kind = match err {
-        BlockError::Full { .. } => ErrorKind::Full,
+        BlockError::Full { .. } | BlockError::NoRoom { .. } => ErrorKind::Full,
         BlockError::NotBlocked { .. } => ErrorKind::NotFound,
         BlockError::Allowlisted { .. } => ErrorKind::BadRequest,
         BlockError::Store { .. } => ErrorKind::Internal,
     };
-    // The whole chain: a kernel error's cause is what the operator needs.
+    Response::error(kind, error_chain(err))
+}
+
+/// The whole chain: a kernel error's cause is what the operator needs.
+fn error_chain(err: &BlockError) -> String {
     let mut message = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -964,5 +1116,156 @@ fn block_error(err: &BlockError) -> Response {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    Response::error(kind, message)
+    message
+}
+
+/// `block_many`: the whole request is checked first, then applied a chunk per hold of the lock
+/// (events go on meanwhile) and taken back whole if a chunk fails; then each block is announced
+/// as a single one would be, and the open sessions of all of them ended in one pass.
+fn block_many(
+    shared: &Shared,
+    targets: &[String],
+    ttl_secs: Option<u64>,
+    reason: Option<&str>,
+) -> Response {
+    let mut parsed = Vec::with_capacity(targets.len());
+    for (i, target) in targets.iter().enumerate() {
+        match target.parse::<Target>() {
+            Ok(t) => parsed.push(t),
+            Err(e) => return Response::error(ErrorKind::BadRequest, format!("targets[{i}]: {e}")),
+        }
+    }
+    if parsed.is_empty() {
+        return Response::error(ErrorKind::BadRequest, "targets is empty: nothing to block");
+    }
+    if ttl_secs == Some(0) {
+        return Response::error(ErrorKind::BadRequest, "ttl_secs must be at least 1");
+    }
+    let reason =
+        crate::reply_text::sanitize(reason.unwrap_or("manual"), crate::reply_text::MAX_TEXT);
+    let (allow, default_ttl) = {
+        let inner = lock(shared);
+        let policy = inner.engine.policy();
+        (policy.allow.clone(), policy.ttl)
+    };
+    let ttl = ttl_secs.map_or(default_ttl, Duration::from_secs);
+    let refused = |refusal: &BulkRefusal| {
+        let kind = match refusal.error {
+            BlockError::Allowlisted { .. } => ErrorKind::BadRequest,
+            BlockError::Full { .. } | BlockError::NoRoom { .. } => ErrorKind::Full,
+            _ => ErrorKind::Internal,
+        };
+        let at = refusal
+            .index
+            .map(|i| format!("targets[{i}]: "))
+            .unwrap_or_default();
+        Response::error(kind, format!("{at}{}", error_chain(&refusal.error)))
+    };
+    let mut bulk = match BulkBlock::new(parsed, ttl, reason, &allow) {
+        Ok(bulk) => bulk,
+        Err(refusal) => return refused(&refusal),
+    };
+    while !lock(shared).engine.bulk_count_new(&mut bulk, COPY_CHUNK) {
+        let_others_in();
+    }
+    if let Err(refusal) = lock(shared).engine.bulk_check_room(&bulk) {
+        return refused(&refusal);
+    }
+    loop {
+        let applied = lock(shared)
+            .engine
+            .bulk_apply(&mut bulk, clock::boot_ns(), BULK_CHUNK);
+        match applied {
+            Ok(true) => break,
+            Ok(false) => let_others_in(),
+            Err(refusal) => {
+                while !lock(shared).engine.bulk_undo(&mut bulk, BULK_CHUNK) {
+                    let_others_in();
+                }
+                log::warn!("bulk block of {} targets refused: {refusal}", bulk.len());
+                return refused(&refusal);
+            }
+        }
+    }
+    log::info!(
+        "blocked {} targets by request: {}",
+        bulk.len(),
+        bulk.reason()
+    );
+    let targets: Vec<Target> = bulk.targets().copied().collect();
+    drop(bulk);
+    announce_blocks(shared, &targets, "manual");
+    end_sessions_of_many(shared, &targets);
+    let blocked = targets.len();
+    drop(targets);
+    return_freed_memory();
+    Response::ok(Some(json!({ "blocked": blocked })))
+}
+
+/// Like [`end_sessions`] for many targets, with one pass over the open sessions.
+fn end_sessions_of_many(shared: &Shared, targets: &[Target]) {
+    let (ports, observe) = {
+        let inner = lock(shared);
+        (
+            inner.settings.smtp_ports.clone(),
+            inner.engine.policy().observe,
+        )
+    };
+    if observe {
+        return;
+    }
+    let mut addrs = std::collections::HashSet::with_capacity(targets.len());
+    let mut prefixes = Vec::new();
+    for target in targets {
+        match target {
+            Target::Addr(a) => {
+                addrs.insert(*a);
+            }
+            Target::Prefix(_) => prefixes.push(*target),
+        }
+    }
+    let doomed = |peer: IpAddr| addrs.contains(&peer) || prefixes.iter().any(|p| p.contains(peer));
+    match crate::sessions::destroy_matching(doomed, &ports) {
+        Ok(0) => {}
+        Ok(n) => {
+            log::info!("ended {n} open SMTP sessions of the blocked targets");
+            lock(shared).engine.on_sessions_destroyed(n);
+        }
+        Err(err) => log::warn!(
+            "cannot end the SMTP sessions of the blocked targets: {:#}",
+            anyhow::Error::from(err)
+        ),
+    }
+}
+
+/// `list`: the blocks are copied a chunk at a time, the drop counters read in batches without
+/// the lock, and the answer written as JSON text directly.
+fn list(shared: &Shared) -> Response {
+    let (reader, enforced) = {
+        let inner = lock(shared);
+        (
+            inner.engine.blocklist().store().reader(),
+            !inner.engine.policy().observe,
+        )
+    };
+    let rows = copy_blocks(shared);
+    let counters = match reader.and_then(|r| r.drop_counters()) {
+        Ok(counters) => counters,
+        Err(err) => {
+            return Response::error(
+                ErrorKind::Internal,
+                format!("cannot read the drop counters of the blocklist maps: {err}"),
+            );
+        }
+    };
+    let json = ListJson {
+        rows: &rows,
+        counters: &counters,
+        now_ns: clock::boot_ns(),
+        enforced,
+    };
+    match serde_json::value::to_raw_value(&json) {
+        Ok(raw) => Response::ok_raw(raw),
+        Err(err) => Response::error(ErrorKind::Internal, err),
+    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     addr::Target,
     allow::Allowlist,
-    blocklist::{BlockError, BlockStore, Blocklist, Source},
+    blocklist::{BlockError, BlockStore, Blocklist, BulkBlock, BulkRefusal, Source},
     events::Reply,
     history::{Escalation, History, Record},
     known_good::{self, GoodRecord, KnownGood},
@@ -62,6 +62,8 @@ pub struct EngineStats {
     /// Blocks and unblocks mirrored from other nodes of the fleet.
     pub fleet_blocks: u64,
     pub fleet_unblocks: u64,
+    /// The longest time one step of the sweeper held the daemon's lock (events wait meanwhile).
+    pub sweep_lock_max_us: u64,
     /// Replies received, by code.
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Offenses, by the name of the rule that matched.
@@ -530,11 +532,56 @@ impl<S: BlockStore> Engine<S> {
         Ok(())
     }
 
-    /// Removes expired blocks; returns them for logging.
-    pub fn sweep(&mut self, now_ns: u64) -> Vec<(Target, crate::blocklist::Block)> {
-        let expired = self.blocklist.sweep(now_ns);
+    /// Removes at most `max` expired blocks (the rest stay due); returns them for logging.
+    pub fn sweep(&mut self, now_ns: u64, max: usize) -> Vec<(Target, crate::blocklist::Block)> {
+        let expired = self.blocklist.sweep(now_ns, max);
         self.stats.unblocks_expired += expired.len() as u64;
         expired
+    }
+
+    /// The sweeper held the daemon's lock for `held` in one go.
+    pub fn note_sweep_hold(&mut self, held: Duration) {
+        let us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.stats.sweep_lock_max_us = self.stats.sweep_lock_max_us.max(us);
+    }
+
+    /// The chunked steps of a bulk block (`block_many`, see [`BulkBlock`]), each under one hold
+    /// of the daemon's lock: [`Engine::bulk_count_new`] until it returns true, then
+    /// [`Engine::bulk_check_room`], then [`Engine::bulk_apply`] until it returns true, or after
+    /// its error [`Engine::bulk_undo`] until that returns true.
+    pub fn bulk_count_new(&self, bulk: &mut BulkBlock, max: usize) -> bool {
+        bulk.count_new(&self.blocklist, max)
+    }
+
+    pub fn bulk_check_room(&mut self, bulk: &BulkBlock) -> Result<(), BulkRefusal> {
+        let checked = bulk.check_room(&self.blocklist);
+        if checked.is_err() {
+            self.stats.blocks_refused_full += 1;
+        }
+        checked
+    }
+
+    pub fn bulk_apply(
+        &mut self,
+        bulk: &mut BulkBlock,
+        now_ns: u64,
+        max: usize,
+    ) -> Result<bool, BulkRefusal> {
+        let applied = bulk.apply(&mut self.blocklist, now_ns, max);
+        match &applied {
+            Ok(true) => self.stats.manual_blocks += bulk.applied() as u64,
+            Ok(false) => {}
+            Err(refusal) => {
+                if matches!(refusal.error, BlockError::Full { .. }) {
+                    self.stats.blocks_refused_full += 1;
+                }
+            }
+        }
+        applied
+    }
+
+    pub fn bulk_undo(&mut self, bulk: &mut BulkBlock, max: usize) -> bool {
+        bulk.undo(&mut self.blocklist, max)
     }
 
     pub fn stats(&self) -> &EngineStats {

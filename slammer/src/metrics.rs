@@ -8,6 +8,7 @@ use std::{
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -304,6 +305,13 @@ impl Collector for SlammerCollector {
             "Senders with a message accepted recently (higher threshold)",
             s.known_good_clients,
         )?;
+        let held = ConstGauge::new(Duration::from_micros(st.sweep_lock_max_us).as_secs_f64());
+        held.encode(e.encode_descriptor(
+            "sweep_lock_max_seconds",
+            "Longest time one step of the sweeper held the daemon's lock (events wait meanwhile)",
+            None,
+            held.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -203,6 +203,15 @@ fn peer(msg: &DiagMsg) -> Option<IpAddr> {
 /// Destroys the established TCP sessions between `target` and the local `ports`; returns how
 /// many were destroyed.
 pub fn destroy(target: &Target, ports: &BTreeSet<u16>) -> Result<usize, SessionError> {
+    destroy_matching(|peer| target.contains(peer), ports)
+}
+
+/// Like [`destroy`] for every peer `doomed_peer` accepts: one dump of the sessions for any number of
+/// targets (a bulk block).
+pub fn destroy_matching(
+    doomed_peer: impl Fn(IpAddr) -> bool,
+    ports: &BTreeSet<u16>,
+) -> Result<usize, SessionError> {
     let err = |what| move |source| SessionError { what, source };
     let nl = Netlink::open().map_err(err("socket"))?;
     let mut doomed = Vec::new();
@@ -218,7 +227,7 @@ pub fn destroy(target: &Target, ports: &BTreeSet<u16>) -> Result<usize, SessionE
             .map_err(err("dump"))?;
         nl.receive(|msg| {
             let local_port = u16::from_be_bytes(msg.id.sport);
-            if ports.contains(&local_port) && peer(msg).is_some_and(|p| target.contains(p)) {
+            if ports.contains(&local_port) && peer(msg).is_some_and(&doomed_peer) {
                 doomed.push(*msg);
             }
         })

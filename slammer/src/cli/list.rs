@@ -1,10 +1,14 @@
 //! `slammer list`.
 
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
-use crate::{blocklist::ListEntry, control::protocol::Request, duration};
+use crate::{
+    blocklist::ListEntry,
+    control::{client, protocol::Request},
+    duration,
+};
 
-use super::{Failure, SocketArg, call};
+use super::{Failure, SocketArg, refused};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,13 +20,24 @@ pub struct Args {
 }
 
 pub fn list(args: &Args) -> Result<(), Failure> {
-    let result = call(&args.socket.socket, &Request::List)?.unwrap_or_default();
-    let entries: Vec<ListEntry> = serde_json::from_value(result)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&entries)?);
-    } else {
-        print!("{}", table(&entries));
+    let socket = &args.socket.socket;
+    // A million blocks make a 150 MB answer: it is printed as the daemon wrote it, and parsed
+    // only for the table.
+    let answer = client::call_raw(socket, &Request::List)?;
+    let response = client::parse_raw(socket, &answer)?;
+    if !response.ok {
+        return Err(refused(response.kind, response.error));
     }
+    let result = response.result.map_or("[]", |r| r.get());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        out.write_all(result.as_bytes())?;
+        out.write_all(b"\n")?;
+    } else {
+        let entries: Vec<ListEntry> = serde_json::from_str(result)?;
+        out.write_all(table(&entries).as_bytes())?;
+    }
+    out.flush()?;
     Ok(())
 }
 

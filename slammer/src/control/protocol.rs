@@ -16,6 +16,16 @@ pub enum Request {
     Unblock {
         target: String,
     },
+    /// Block many addresses or prefixes at once, all or none: the whole request is checked
+    /// before anything changes. `ttl_secs` (default: the daemon's TTL) and `reason` apply to
+    /// each; of a target given twice, the last counts.
+    BlockMany {
+        targets: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     List,
     Stats,
     /// Re-read the configuration and apply what can change without a restart.
@@ -60,15 +70,51 @@ pub enum ErrorKind {
     Internal,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Response {
     pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub kind: Option<ErrorKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub result: Option<serde_json::Value>,
+    /// A result serialised already, sent as `result` (a list of a million blocks would take
+    /// seconds and a gigabyte as a [`serde_json::Value`]).
+    #[serde(skip)]
+    pub raw_result: Option<RawJson>,
+}
+
+/// JSON text that is sent as it is.
+#[derive(Clone, Debug)]
+pub struct RawJson(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = s.serialize_struct("Response", 4)?;
+        out.serialize_field("ok", &self.ok)?;
+        match &self.kind {
+            Some(kind) => out.serialize_field("kind", kind)?,
+            None => out.skip_field("kind")?,
+        }
+        match &self.error {
+            Some(error) => out.serialize_field("error", error)?,
+            None => out.skip_field("error")?,
+        }
+        match (&self.raw_result, &self.result) {
+            (Some(raw), _) => out.serialize_field("result", &raw.0)?,
+            (None, Some(result)) => out.serialize_field("result", result)?,
+            (None, None) => out.skip_field("result")?,
+        }
+        out.end()
+    }
 }
 
 impl Response {
@@ -78,6 +124,15 @@ impl Response {
             kind: None,
             error: None,
             result,
+            raw_result: None,
+        }
+    }
+
+    /// Success with a result serialised already.
+    pub fn ok_raw(result: Box<serde_json::value::RawValue>) -> Self {
+        Self {
+            raw_result: Some(RawJson(result)),
+            ..Self::ok(None)
         }
     }
 
@@ -91,6 +146,7 @@ impl Response {
             kind: Some(kind),
             error: Some(error.to_string()),
             result: None,
+            raw_result: None,
         }
     }
 }
@@ -117,6 +173,31 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"block"}"#).is_err());
+    }
+
+    #[test]
+    fn block_many_and_raw_results_are_plain_json() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"block_many","targets":["192.0.2.7","198.51.100.0/24"],"reason":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::BlockMany {
+                targets: vec!["192.0.2.7".into(), "198.51.100.0/24".into()],
+                ttl_secs: None,
+                reason: Some("x".into())
+            }
+        );
+        let raw = serde_json::value::to_raw_value(&[1, 2]).unwrap();
+        let s = serde_json::to_string(&Response::ok_raw(raw)).unwrap();
+        assert_eq!(s, r#"{"ok":true,"result":[1,2]}"#);
+        let back: Response = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.result, Some(serde_json::json!([1, 2])));
+        assert_eq!(
+            serde_json::to_string(&Response::ok(None)).unwrap(),
+            r#"{"ok":true}"#
+        );
     }
 
     #[test]

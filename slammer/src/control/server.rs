@@ -103,24 +103,35 @@ async fn connection(stream: UnixStream, handler: Handler, watch: WatchStart) {
                 return;
             }
         };
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Watch) => {
-                follow(lines, write, watch).await;
-                return;
-            }
-            Ok(request) => {
-                let handler = Arc::clone(&handler);
-                // Handlers take a lock and make map syscalls: keep them off the async workers.
-                tokio::task::spawn_blocking(move || handler(request))
-                    .await
-                    .unwrap_or_else(|e| Response::error(ErrorKind::Internal, e))
-            }
-            Err(err) => Response::error(ErrorKind::BadRequest, format!("bad request: {err}")),
+        // Handlers take a lock and make map syscalls, and a request or an answer can be large
+        // (a bulk block, a list of a million blocks: parsing or writing it takes a while): all of
+        // it stays off the async workers, which also serve the events.
+        let handler = Arc::clone(&handler);
+        let answer = tokio::task::spawn_blocking(move || {
+            let response = match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Watch) => return None,
+                Ok(request) => handler(request),
+                Err(err) => Response::error(ErrorKind::BadRequest, format!("bad request: {err}")),
+            };
+            Some(encode(&response))
+        })
+        .await
+        .unwrap_or_else(|e| Some(encode(&Response::error(ErrorKind::Internal, e))));
+        let Some(answer) = answer else {
+            follow(lines, write, watch).await;
+            return;
         };
-        if send(&mut write, &response).await.is_err() {
+        if write.write_all(&answer).await.is_err() {
             return;
         }
     }
+}
+
+/// One line of JSON.
+fn encode(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = serde_json::to_vec(value).expect("plain data always serialises");
+    out.push(b'\n');
+    out
 }
 
 /// Serves a `watch` request until the follower hangs up: `ok`, a snapshot, then each change;
@@ -174,7 +185,5 @@ async fn send(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     value: &impl serde::Serialize,
 ) -> io::Result<()> {
-    let mut out = serde_json::to_vec(value).expect("plain data always serialises");
-    out.push(b'\n');
-    write.write_all(&out).await
+    write.write_all(&encode(value)).await
 }

@@ -2,6 +2,7 @@
 //! attaching them to interfaces, and typed access to the maps.
 
 mod attach;
+mod batch;
 mod counters;
 mod pins;
 mod store;
@@ -21,7 +22,7 @@ pub use self::{
     attach::{AttachError, GateMode, Unpinned},
     counters::{Counters, read_counters},
     pins::{PinDir, PinError},
-    store::KernelStore,
+    store::{KernelStore, StoreReader},
 };
 
 /// The programs, built by `build.rs` and embedded so the binary is self-contained.

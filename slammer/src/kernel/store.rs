@@ -1,14 +1,18 @@
 //! The gate's blocklist maps behind [`BlockStore`].
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+};
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
 use slammer_common::block::{BlockEntry, GateConfig};
 
+use super::batch::{self, BatchError};
 use crate::{
     addr::Target,
-    blocklist::{BlockStore, StoreError},
+    blocklist::{BlockStore, DropCounters, ManyError, MapKind, StoreError},
 };
 
 pub struct KernelStore {
@@ -45,39 +49,146 @@ fn prefix_len(net: &IpNet) -> u32 {
     u32::from(net.prefix_len())
 }
 
+fn batch_error(err: BatchError) -> ManyError {
+    let source = if err.errno() == Some(libc::E2BIG) {
+        StoreError::Full
+    } else {
+        StoreError::Syscall {
+            call: err.call,
+            source: err.source,
+        }
+    };
+    ManyError {
+        done: err.done,
+        source,
+    }
+}
+
+fn v4_key(target: &Target) -> [u8; 4] {
+    match target {
+        Target::Addr(IpAddr::V4(a)) => a.octets(),
+        other => unreachable!("{other} is not an IPv4 address"),
+    }
+}
+
+fn v6_key(target: &Target) -> [u8; 16] {
+    match target {
+        Target::Addr(IpAddr::V6(a)) => a.octets(),
+        other => unreachable!("{other} is not an IPv6 address"),
+    }
+}
+
+/// Puts `entries` (all of one address map) with one batch, or as many as needed.
+fn put_batch<K: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    entries: &[(Target, BlockEntry)],
+    key: impl Fn(&Target) -> K,
+) -> Result<(), ManyError> {
+    let keys: Vec<K> = entries.iter().map(|(t, _)| key(t)).collect();
+    let values: Vec<BlockEntry> = entries.iter().map(|(_, e)| *e).collect();
+    batch::update(fd, &keys, &values).map_err(batch_error)
+}
+
+/// Deletes `targets` (all of one address map) in batches; a key already gone is skipped.
+fn delete_batch<K: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    targets: &[Target],
+    key: impl Fn(&Target) -> K,
+) -> Result<(), ManyError> {
+    let keys: Vec<K> = targets.iter().map(key).collect();
+    let mut start = 0;
+    while start < keys.len() {
+        match batch::delete(fd, &keys[start..]) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.errno() == Some(libc::ENOENT) => start += err.done + 1,
+            Err(err) => {
+                let mut err = batch_error(err);
+                err.done += start;
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of the address maps (a batch read each) and of the prefix tries.
+fn all_entries(
+    v4: BorrowedFd<'_>,
+    v6: BorrowedFd<'_>,
+    prefix_v4: &LpmTrie<MapData, [u8; 4], BlockEntry>,
+    prefix_v6: &LpmTrie<MapData, [u8; 16], BlockEntry>,
+) -> std::io::Result<Vec<(Target, BlockEntry)>> {
+    let mut all: Vec<(Target, BlockEntry)> = batch::lookup_all::<[u8; 4], BlockEntry>(v4)?
+        .into_iter()
+        .map(|(k, v)| (Target::Addr(IpAddr::V4(Ipv4Addr::from(k))), v))
+        .collect();
+    all.extend(
+        batch::lookup_all::<[u8; 16], BlockEntry>(v6)?
+            .into_iter()
+            .map(|(k, v)| (Target::Addr(IpAddr::V6(Ipv6Addr::from(k))), v)),
+    );
+    all.extend(
+        prefix_v4
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))),
+    );
+    all.extend(
+        prefix_v6
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))),
+    );
+    Ok(all)
+}
+
 impl KernelStore {
     /// Every entry in the maps, for adopting blocks left by a previous daemon.
-    pub fn entries(&self) -> Vec<(Target, BlockEntry)> {
-        let mut all = Vec::new();
-        all.extend(
-            self.v4
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (Target::Addr(IpAddr::from(k)), v)),
-        );
-        all.extend(
-            self.v6
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (Target::Addr(IpAddr::from(k)), v)),
-        );
-        all.extend(
-            self.prefix_v4
-                .iter()
-                .filter_map(Result::ok)
-                .filter_map(|(k, v)| {
-                    Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))
-                }),
-        );
-        all.extend(
-            self.prefix_v6
-                .iter()
-                .filter_map(Result::ok)
-                .filter_map(|(k, v)| {
-                    Some((prefix_target(k.prefix_len(), IpAddr::from(k.data()))?, v))
-                }),
-        );
-        all
+    pub fn entries(&self) -> std::io::Result<Vec<(Target, BlockEntry)>> {
+        all_entries(
+            self.v4.map().fd().as_fd(),
+            self.v6.map().fd().as_fd(),
+            &self.prefix_v4,
+            &self.prefix_v6,
+        )
+    }
+
+    /// A second handle on the blocklist maps, to read them without holding the daemon's lock.
+    pub fn reader(&self) -> std::io::Result<StoreReader> {
+        let dup = |map: &MapData| map.fd().as_fd().try_clone_to_owned();
+        let trie = |map: &MapData| -> std::io::Result<MapData> {
+            MapData::from_fd(dup(map)?).map_err(std::io::Error::other)
+        };
+        let trie_v4 = LpmTrie::try_from(Map::LpmTrie(trie(self.prefix_v4.map())?))
+            .map_err(std::io::Error::other)?;
+        let trie_v6 = LpmTrie::try_from(Map::LpmTrie(trie(self.prefix_v6.map())?))
+            .map_err(std::io::Error::other)?;
+        Ok(StoreReader {
+            v4: dup(self.v4.map())?,
+            v6: dup(self.v6.map())?,
+            prefix_v4: trie_v4,
+            prefix_v6: trie_v6,
+        })
+    }
+}
+
+/// Read-only handles on the blocklist maps ([`KernelStore::reader`]).
+pub struct StoreReader {
+    v4: OwnedFd,
+    v6: OwnedFd,
+    prefix_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    prefix_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+}
+
+impl StoreReader {
+    /// The drop counters of every block, read in batches.
+    pub fn drop_counters(&self) -> std::io::Result<DropCounters> {
+        Ok(DropCounters::from_entries(all_entries(
+            self.v4.as_fd(),
+            self.v6.as_fd(),
+            &self.prefix_v4,
+            &self.prefix_v6,
+        )?))
     }
 }
 
@@ -152,5 +263,36 @@ impl BlockStore for KernelStore {
             c.v4_prefixes = v4;
             c.v6_prefixes = v6;
         })
+    }
+
+    fn put_many(&mut self, entries: &[(Target, BlockEntry)]) -> Result<(), ManyError> {
+        match entries.first().map(|(t, _)| MapKind::of(t)) {
+            None => Ok(()),
+            Some(MapKind::AddrV4) => put_batch(self.v4.map().fd().as_fd(), entries, v4_key),
+            Some(MapKind::AddrV6) => put_batch(self.v6.map().fd().as_fd(), entries, v6_key),
+            // Prefixes are few (the tries have no batch operations): one at a time.
+            Some(MapKind::PrefixV4 | MapKind::PrefixV6) => {
+                for (done, (target, entry)) in entries.iter().enumerate() {
+                    self.put(target, entry)
+                        .map_err(|source| ManyError { done, source })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn delete_many(&mut self, targets: &[Target]) -> Result<(), ManyError> {
+        match targets.first().map(MapKind::of) {
+            None => Ok(()),
+            Some(MapKind::AddrV4) => delete_batch(self.v4.map().fd().as_fd(), targets, v4_key),
+            Some(MapKind::AddrV6) => delete_batch(self.v6.map().fd().as_fd(), targets, v6_key),
+            Some(MapKind::PrefixV4 | MapKind::PrefixV6) => {
+                for (done, target) in targets.iter().enumerate() {
+                    self.delete(target)
+                        .map_err(|source| ManyError { done, source })?;
+                }
+                Ok(())
+            }
+        }
     }
 }
