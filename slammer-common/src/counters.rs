@@ -1,24 +1,40 @@
-//! Indices of the per-CPU counter arrays. Userspace sums each index over all CPUs.
+//! The per-CPU counters of both programs. Userspace sums each counter over all CPUs.
 
-/// `GATE_COUNTERS`: what the XDP gate did.
+/// `GATE_COUNTERS`: what the XDP gate did, one [`gate::GateCounters`] per CPU.
 pub mod gate {
-    pub const DROPPED_PACKETS: u32 = 0;
-    pub const DROPPED_BYTES: u32 = 1;
-    pub const PASSED_PACKETS: u32 = 2;
-    pub const PARSE_ERRORS: u32 = 3;
-    /// Packets whose source matched an entry that had already expired (passed).
-    pub const EXPIRED_MATCHES: u32 = 4;
-    /// Packets of blocked sources passed because the gate is in observe mode.
-    pub const OBSERVED_PACKETS: u32 = 5;
-    pub const LEN: u32 = 6;
-    pub const NAMES: [&str; LEN as usize] = [
-        "dropped_packets",
-        "dropped_bytes",
-        "passed_packets",
-        "parse_errors",
-        "expired_matches",
-        "observed_packets",
-    ];
+    /// The gate's counters on one CPU. One struct, so a packet costs one per-CPU lookup however
+    /// many counters it moves. Userspace sums each field over all CPUs.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GateCounters {
+        pub dropped_packets: u64,
+        pub dropped_bytes: u64,
+        pub passed_packets: u64,
+        pub parse_errors: u64,
+        /// Packets whose source matched an entry that had already expired (passed).
+        pub expired_matches: u64,
+        /// Packets of blocked sources passed because the gate is in observe mode.
+        pub observed_packets: u64,
+    }
+    const _: () = assert!(size_of::<GateCounters>() == 48);
+
+    impl GateCounters {
+        /// Each counter with its name, as `slammer stats` shows it.
+        pub const fn named(&self) -> [(&'static str, u64); 6] {
+            [
+                ("dropped_packets", self.dropped_packets),
+                ("dropped_bytes", self.dropped_bytes),
+                ("passed_packets", self.passed_packets),
+                ("parse_errors", self.parse_errors),
+                ("expired_matches", self.expired_matches),
+                ("observed_packets", self.observed_packets),
+            ]
+        }
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: `repr(C)` u64 fields only, no padding, no invalid bit patterns.
+    unsafe impl aya::Pod for GateCounters {}
 }
 
 /// `REPLY_COUNTERS`: what the TC egress classifier saw.

@@ -4,13 +4,14 @@
 // Inline assembly for the atomic add of the per-entry drop counters.
 #![feature(asm_experimental_arch)]
 
+mod clock;
 mod gate;
 mod maps;
 mod parse;
 mod replies;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    bindings::TC_ACT_UNSPEC,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -19,10 +20,7 @@ use slammer_common::counters;
 /// Ingress gate. Truncated headers pass and are counted as parse errors.
 #[xdp]
 pub fn slammer_gate(ctx: XdpContext) -> u32 {
-    gate::verdict(&ctx).unwrap_or_else(|parse::Truncated| {
-        maps::count(&maps::GATE_COUNTERS, counters::gate::PARSE_ERRORS, 1);
-        XDP_PASS
-    })
+    gate::run(&ctx)
 }
 
 /// Egress reply classifier. Never changes or drops traffic: always "continue".

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use slammer_common::{
     block::{BlockEntry, GateConfig},
-    counters,
+    counters::{self, gate::GateCounters},
     scan::{FlowKey, MAX_CODE},
 };
 
-use crate::replies::Scratch;
+use crate::{clock, replies::Scratch};
 
 const DEFAULT_CAPACITY: u32 = 1 << 20;
 
@@ -39,8 +39,13 @@ pub static PREFIX_V6: LpmTrie<[u8; 16], BlockEntry> =
 #[map]
 pub static GATE_CONFIG: Array<GateConfig> = Array::with_max_entries(1, 0);
 
+/// The gate's counters: one struct per CPU, at index 0.
 #[map]
-pub static GATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::gate::LEN, 0);
+pub static GATE_COUNTERS: PerCpuArray<GateCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// The gate's last boot-clock reading on each CPU (see [`clock`]).
+#[map]
+pub static GATE_CLOCK: PerCpuArray<clock::Reading> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static REPLY_COUNTERS: PerCpuArray<u64> =

@@ -1,5 +1,6 @@
 //! The boot-time clock (`CLOCK_BOOTTIME`), the one the gate compares expiries against with
-//! `bpf_ktime_get_boot_ns()`. Unlike the monotonic clock it keeps counting during suspend.
+//! `bpf_ktime_get_boot_ns()` (read at most once per kernel tick on each CPU, so an expiry takes
+//! effect within a tick). Unlike the monotonic clock it keeps counting during suspend.
 
 use std::time::{Duration, SystemTime};
 

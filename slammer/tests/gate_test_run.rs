@@ -190,6 +190,32 @@ fn expired_entries_are_not_enforced() {
     assert_eq!(counter(&counters, "expired_matches"), 2);
 }
 
+/// The gate reads the clock once per tick on each CPU: an entry that expires while packets
+/// keep coming stops being enforced within a tick.
+#[test]
+fn entries_expire_between_packets() {
+    let mut tk = TestKernel::load();
+    let counters = tk.get().take_counters().expect("counters");
+    let mut bl = blocklist(&mut tk);
+    let target: Target = "198.51.100.7".parse().unwrap();
+    let ttl = Duration::from_millis(300);
+    bl.insert(
+        target,
+        Block {
+            expires_at_ns: clock::expiry_after(clock::boot_ns(), ttl),
+            source: Source::Auto,
+            reason: String::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_DROP);
+    // 100 ms past the expiry: 10 ticks at HZ=100, 25 at HZ=250.
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(counter(&counters, "expired_matches"), 1);
+    assert_eq!(counter(&counters, "dropped_packets"), 1);
+}
+
 #[test]
 fn prefixes_match_longest_and_unblock_restores() {
     let mut tk = TestKernel::load();

@@ -1,5 +1,7 @@
 //! Part 2: how fast each method drops the packets of one blocked source, and what that costs the
-//! receiver, over a veth pair between two network namespaces.
+//! receiver, over a veth pair between two network namespaces. slammer's gate is also measured
+//! with an IPv6 source, and with sources spread over its 1,000,000 entries (each packet a
+//! lookup of an entry out of cache).
 //!
 //! - **Sender**: a two-instruction `XDP_TX` program run with `BPF_PROG_TEST_RUN` and
 //!   `BPF_F_TEST_XDP_LIVE_FRAMES` on the sender's veth, from a thread that `setns`'d into the
@@ -10,7 +12,7 @@
 //!   one NAPI kthread pinned to the other core, `SCHED_FIFO`. The frames arrive through
 //!   `ndo_xdp_xmit` into the veth's ring, and the kthread does all of the receiver's work for
 //!   them: the XDP program if any, else building the skb and the stack up to where the method
-//!   drops it.
+//!   drops it. The spread row's sender rewrites each frame's source first (see [`spread`]).
 //! - **Measured** per method, in a window inside the traffic (its start and end left out):
 //!   packets the receiver took off the ring (the veth's `rx_packets`), the kthread's CPU time
 //!   (`/proc/<pid>/schedstat`), and those that still reached UDP (`NoPorts`). Dropped per second
@@ -19,11 +21,14 @@
 //!   are taken within a round and the median over rounds is reported, so a machine that drifts
 //!   (a shared VM) moves the bound and the methods together.
 
+mod spread;
+
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
-    os::fd::{AsFd as _, OwnedFd},
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,14 +36,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use slammer::{addr::Target, kernel::GateMode};
 
 use super::{
-    cost::{BLOCKED, MANY},
+    cost::{BLOCKED, BLOCKED_V6, MANY},
     frames,
     netns::{self, NsPair},
-    slammer_kernel::SlammerKernel,
+    slammer_kernel::{self, SlammerKernel},
     sys::{self, BPF_PROG_TYPE_XDP, InNetns, XDP_DROP, XDP_FLAGS_DRV_MODE, XDP_TX, XdpMd},
 };
 
 const RECEIVER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const RECEIVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 /// A UDP port nothing listens on.
 const CLOSED_PORT: u16 = 9;
 const IPSET_ENTRIES: u32 = 100_000;
@@ -46,8 +52,8 @@ const FIFO_PRIORITY: i32 = 50;
 /// The thread that reads the counters preempts both ends for the microseconds that takes.
 const METER_PRIORITY: i32 = 60;
 /// Seconds of traffic before and after the measured window.
-const WARM_UP: f64 = 0.3;
-const TAIL: f64 = 0.3;
+const WARM_UP: f64 = 0.15;
+const TAIL: f64 = 0.05;
 /// Target length of one live-frames `BPF_PROG_TEST_RUN` call.
 const CALL_SECONDS: f64 = 0.25;
 /// Frames per `xdp_test_run_batch` in live-frames mode (the kernel's default).
@@ -72,10 +78,12 @@ enum Method {
     XdpFilter,
     Slammer1,
     Slammer1m,
+    Slammer1mV6,
+    Slammer1mSpread,
 }
 
 impl Method {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::XdpDrop,
         Self::None,
         Self::Blackhole,
@@ -85,6 +93,8 @@ impl Method {
         Self::XdpFilter,
         Self::Slammer1,
         Self::Slammer1m,
+        Self::Slammer1mV6,
+        Self::Slammer1mSpread,
     ];
 
     fn name(self) -> &'static str {
@@ -98,6 +108,8 @@ impl Method {
             Self::XdpFilter => "xdp_filter",
             Self::Slammer1 => "slammer_1",
             Self::Slammer1m => "slammer_1m",
+            Self::Slammer1mV6 => "slammer_1m_v6",
+            Self::Slammer1mSpread => "slammer_1m_spread",
         }
     }
 
@@ -116,6 +128,13 @@ impl Method {
             Self::XdpFilter => format!("xdp-filter load <dev> && xdp-filter ip {BLOCKED} -m src"),
             Self::Slammer1 => "slammer gate, 1 block".into(),
             Self::Slammer1m => "slammer gate, 1,000,000 blocks (v4+v6)".into(),
+            Self::Slammer1mV6 => {
+                format!("slammer gate, 1,000,000 blocks, IPv6 source {BLOCKED_V6}")
+            }
+            Self::Slammer1mSpread => format!(
+                "slammer gate, 1,000,000 blocks, sources at random among the IPv4 ones from {}",
+                slammer_kernel::FILL_V4
+            ),
         }
     }
 
@@ -268,9 +287,28 @@ struct Bench<'a> {
     opts: &'a Options,
     tx_prog: OwnedFd,
     drop_prog: OwnedFd,
+    /// From the blocked source; the same over IPv6.
     frame: Vec<u8>,
+    frame_v6: Vec<u8>,
+    /// The spread row's sender, once the blocklist it spreads over is filled.
+    spread: Option<Spread>,
     sender_ifindex: u32,
     kthread: libc::pid_t,
+    /// Whether the ipset method's set exists (it is filled once).
+    ipset_filled: AtomicBool,
+}
+
+/// A sender program that gives each frame another blocked source, and the frame it starts from.
+struct Spread {
+    prog: OwnedFd,
+    frame: Vec<u8>,
+}
+
+/// What a generator sends: `frame`, through `prog` (`XDP_TX`, or one that rewrites it first).
+#[derive(Clone, Copy)]
+struct Traffic<'a> {
+    prog: BorrowedFd<'a>,
+    frame: &'a [u8],
 }
 
 struct Snapshot {
@@ -294,10 +332,10 @@ impl Slammers {
         let load = |what: &str, total: usize| -> Result<SlammerKernel> {
             let mut k = SlammerKernel::load(what)?;
             k.block(Target::Addr(BLOCKED.into()))?;
-            let took = k.fill_to(total)?;
+            let took = k.fill_batched_to(total)?;
             if total > 1 {
                 eprintln!(
-                    "bench: drop: {total} blocks added through Blocklist::block in {:.1} s",
+                    "bench: drop: {total} blocks added through Blocklist::insert_many in {:.1} s",
                     took.as_secs_f64()
                 );
             }
@@ -345,7 +383,7 @@ pub fn run(opts: &Options) -> Result<DropResult> {
         let _ns = InNetns::enter(&NsPair::path(&pair.sender))?;
         sys::if_index(&pair.sender_dev)?
     };
-    let bench = Bench {
+    let mut bench = Bench {
         pair: &pair,
         opts,
         tx_prog: sys::load_returning(BPF_PROG_TYPE_XDP, "bench_xdp_tx", XDP_TX.cast_signed())
@@ -353,13 +391,40 @@ pub fn run(opts: &Options) -> Result<DropResult> {
         drop_prog: sys::load_returning(BPF_PROG_TYPE_XDP, "bench_xdp_drop", XDP_DROP.cast_signed())
             .context("loading the bare XDP_DROP program")?,
         frame: frames::udp((BLOCKED, 40000), (RECEIVER_ADDR, CLOSED_PORT)),
+        frame_v6: frames::udp6((BLOCKED_V6, 40000), (RECEIVER_ADDR6, CLOSED_PORT)),
+        spread: None,
         sender_ifindex,
         kthread,
+        ipset_filled: AtomicBool::new(false),
     };
     bench.warm_up()?;
     let mut slammers = Slammers::load(&mut notes);
+    if let Ok(many) = &slammers.many {
+        match load_spread(many.filled_v4()) {
+            Ok(spread) => {
+                notes.push(format!(
+                    "spread row: each frame from one of the {} blocked IPv4 addresses from {}, at random",
+                    many.filled_v4(),
+                    slammer_kernel::FILL_V4
+                ));
+                bench.spread = Some(spread);
+            }
+            Err(err) => notes.push(format!("spread row: {err:#}")),
+        }
+    }
 
     let methods = run_rounds(&bench, &mut slammers, &mut notes)?;
+    let stats_runs: u64 = [&slammers.one, &slammers.many]
+        .into_iter()
+        .flatten()
+        .map(SlammerKernel::runs_under_bpf_stats)
+        .sum();
+    if stats_runs > 0 {
+        notes.push(format!(
+            "BPF run-time statistics were on during the run ({stats_runs} gate runs counted): \
+             each of those runs paid two extra clock reads"
+        ));
+    }
     Ok(DropResult {
         sender_cpu: opts.sender_cpu,
         receiver_cpu: opts.receiver_cpu,
@@ -368,6 +433,15 @@ pub fn run(opts: &Options) -> Result<DropResult> {
         methods,
         notes,
     })
+}
+
+/// The spread row's sender, checked on its frame before it is used.
+fn load_spread(count: u32) -> Result<Spread> {
+    let first = slammer_kernel::FILL_V4;
+    let frame = frames::udp((first, 40000), (RECEIVER_ADDR, CLOSED_PORT));
+    let prog = spread::load(first, count)?;
+    spread::check(&prog, &frame, first, count)?;
+    Ok(Spread { prog, frame })
 }
 
 /// Every round measures every method once, in [`Method::ALL`] order (the bound first).
@@ -444,6 +518,21 @@ fn setup_receiver(pair: &NsPair, notes: &mut Vec<String>) -> Result<()> {
         &["addr", "add", &format!("{RECEIVER_ADDR}/24"), "dev", dev],
     )?;
     netns::ip(r, &["route", "add", "198.51.100.0/24", "dev", dev])?;
+    // The other sources, so that packets no method drops reach UDP as the single source's do.
+    let spread_sources = format!("{}/10", slammer_kernel::FILL_V4);
+    netns::ip(r, &["route", "add", &spread_sources, "dev", dev])?;
+    netns::ip(
+        r,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{RECEIVER_ADDR6}/48"),
+            "dev",
+            dev,
+            "nodad",
+        ],
+    )?;
     // The ICMP errors that the no-filter case sends back need no ARP.
     netns::ip(
         r,
@@ -472,7 +561,7 @@ fn setup_receiver(pair: &NsPair, notes: &mut Vec<String>) -> Result<()> {
     netns::write_sysfs(r, dev, "threaded", "1")
         .context("threaded NAPI (/sys/class/net/<dev>/threaded)")?;
     notes.push(format!(
-        "receiver {dev}: GRO on, threaded NAPI, rp_filter=2; frames: 60-byte UDP {BLOCKED}:40000 -> {RECEIVER_ADDR}:{CLOSED_PORT} (closed)"
+        "receiver {dev}: GRO on, threaded NAPI, rp_filter=2; frames: 60-byte UDP {BLOCKED}:40000 -> {RECEIVER_ADDR}:{CLOSED_PORT} (closed), over IPv6 62 bytes from {BLOCKED_V6} to {RECEIVER_ADDR6}"
     ));
     Ok(())
 }
@@ -507,9 +596,10 @@ impl Bench<'_> {
     /// A short burst that must reach the receiver, so a generator that cannot work fails here
     /// with the reason rather than as a row of zeros.
     fn warm_up(&self) -> Result<()> {
+        let single = self.traffic(Method::None)?;
         let before = self.snapshot()?;
         let (sent, _) = std::thread::scope(|s| {
-            s.spawn(|| self.generate(0.2))
+            s.spawn(|| self.generate(0.2, single))
                 .join()
                 .unwrap_or_else(|_| bail!("the generator panicked"))
         })
@@ -549,7 +639,10 @@ impl Bench<'_> {
             Method::Nftables => self.nftables(),
             Method::Ipset => self.ipset(),
             Method::XdpFilter => self.xdp_filter(),
-            Method::Slammer1 | Method::Slammer1m => {
+            Method::Slammer1
+            | Method::Slammer1m
+            | Method::Slammer1mV6
+            | Method::Slammer1mSpread => {
                 let k = if method == Method::Slammer1 {
                     &mut slammers.one
                 } else {
@@ -558,9 +651,10 @@ impl Bench<'_> {
                 let k = k
                     .as_mut()
                     .map_err(|e| anyhow::anyhow!("loading slammer: {e}"))?;
+                let traffic = self.traffic(method)?;
                 let before = k.counters().0["dropped_packets"];
                 let undo = self.attach_slammer(k, notes)?;
-                let m = self.measure()?;
+                let m = self.measure(traffic)?;
                 drop(undo);
                 // The gate's own counter must show at least every packet received in the
                 // window as dropped: its verdicts, not some other drop.
@@ -574,9 +668,31 @@ impl Bench<'_> {
             }
         }
         .context("setting the method up")?;
-        let m = self.measure();
+        let m = self.measure(self.traffic(method)?);
         drop(undo);
         m
+    }
+
+    /// What the sender sends for `method`.
+    fn traffic(&self, method: Method) -> Result<Traffic<'_>> {
+        let single = |frame| Traffic {
+            prog: self.tx_prog.as_fd(),
+            frame,
+        };
+        Ok(match method {
+            Method::Slammer1mV6 => single(&self.frame_v6),
+            Method::Slammer1mSpread => {
+                let spread = self
+                    .spread
+                    .as_ref()
+                    .context("no spreading sender (see the notes)")?;
+                Traffic {
+                    prog: spread.prog.as_fd(),
+                    frame: &spread.frame,
+                }
+            }
+            _ => single(&self.frame),
+        })
     }
 
     /// Waits until the receiver veth has no XDP program: a link whose last reference went away
@@ -649,12 +765,12 @@ impl Bench<'_> {
     /// Runs the generator for the warm-up, the measured time and a tail, and takes the two
     /// snapshots inside that, from a thread of higher real-time priority than both ends: the
     /// window sees the steady state only (not the start or the end of the generator).
-    fn measure(&self) -> Result<Measured> {
+    fn measure(&self, traffic: Traffic<'_>) -> Result<Measured> {
         // Frames of the previous method still in flight are not this one's.
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         let seconds = self.opts.seconds;
         let (generated, window) = std::thread::scope(|s| {
-            let generator = s.spawn(|| self.generate(WARM_UP + seconds + TAIL));
+            let generator = s.spawn(|| self.generate(WARM_UP + seconds + TAIL, traffic));
             let meter = s.spawn(|| -> Result<(Snapshot, Snapshot)> {
                 let _ = sys::set_fifo(0, METER_PRIORITY);
                 std::thread::sleep(Duration::from_secs_f64(WARM_UP));
@@ -692,11 +808,11 @@ impl Bench<'_> {
         })
     }
 
-    /// Sends frames for `seconds` from a thread in the sender namespace pinned to the sender
-    /// CPU: `BPF_PROG_TEST_RUN` of the `XDP_TX` program in live-frames mode, in calls of about
+    /// Sends `traffic` for `seconds` from a thread in the sender namespace pinned to the sender
+    /// CPU: `BPF_PROG_TEST_RUN` of its `XDP_TX` program in live-frames mode, in calls of about
     /// 250 ms (each call ends with a page pool teardown that waits for an RCU grace period, a gap
     /// in the traffic). Returns the frames sent and the time it took.
-    fn generate(&self, seconds: f64) -> Result<(u64, Duration)> {
+    fn generate(&self, seconds: f64, traffic: Traffic<'_>) -> Result<(u64, Duration)> {
         let _ns = InNetns::enter(&NsPair::path(&self.pair.sender))
             .context("entering the sender namespace")?;
         let cpu = self.opts.sender_cpu;
@@ -704,7 +820,7 @@ impl Bench<'_> {
         // Best effort, as for the kthread (whose failure the notes report).
         let _ = sys::set_fifo(0, FIFO_PRIORITY);
         let ctx = XdpMd {
-            data_end: u32::try_from(self.frame.len()).expect("small"),
+            data_end: u32::try_from(traffic.frame.len()).expect("small"),
             ingress_ifindex: self.sender_ifindex,
             ..XdpMd::default()
         };
@@ -715,7 +831,7 @@ impl Bench<'_> {
         while start.elapsed() < limit && !sys::interrupted() {
             let left = limit.saturating_sub(start.elapsed()).as_secs_f64();
             let t = Instant::now();
-            match sys::test_run_live(self.tx_prog.as_fd(), &self.frame, &ctx, chunk, LIVE_BATCH) {
+            match sys::test_run_live(traffic.prog, traffic.frame, &ctx, chunk, LIVE_BATCH) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => break,
                 Err(e) => {
@@ -788,18 +904,22 @@ impl Bench<'_> {
     fn ipset(&self) -> Result<Undo> {
         let r = &self.pair.receiver;
         let set = "slbench";
-        // The blocked source plus 99,999 others from 100.64.0.0/10.
-        let mut restore = format!(
-            "create {set} hash:ip family inet hashsize 65536 maxelem 262144\nadd {set} {BLOCKED}\n"
-        );
-        for i in 0..IPSET_ENTRIES - 1 {
-            let _ = std::fmt::Write::write_fmt(
-                &mut restore,
-                format_args!("add {set} {}\n", Ipv4Addr::from(0x6440_0000 + i)),
+        // Filled once and kept for the later rounds (unused between them); it goes with the
+        // namespace.
+        if !self.ipset_filled.load(Ordering::Relaxed) {
+            // The blocked source plus 99,999 others from 100.64.0.0/10.
+            let mut restore = format!(
+                "create {set} hash:ip family inet hashsize 65536 maxelem 262144\nadd {set} {BLOCKED}\n"
             );
+            for i in 0..IPSET_ENTRIES - 1 {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut restore,
+                    format_args!("add {set} {}\n", Ipv4Addr::from(0x6440_0000 + i)),
+                );
+            }
+            netns::exec_with_input(r, "ipset", &["restore"], &restore)?;
+            self.ipset_filled.store(true, Ordering::Relaxed);
         }
-        netns::exec_with_input(r, "ipset", &["restore"], &restore)?;
-        let mut undo = Undo::default().then_run(r, "ipset", &["destroy", set]);
         let rule = [
             "PREROUTING",
             "-m",
@@ -811,15 +931,7 @@ impl Bench<'_> {
             "DROP",
         ]
         .map(str::to_owned);
-        match self.iptables_rule(&rule) {
-            Ok(mut rule_undo) => {
-                // The rule goes before the set is destroyed.
-                undo.commands.append(&mut rule_undo.commands);
-                Ok(undo)
-            }
-            // Dropping `undo` destroys the set.
-            Err(err) => Err(err),
-        }
+        self.iptables_rule(&rule)
     }
 
     fn xdp_filter(&self) -> Result<Undo> {
@@ -871,8 +983,23 @@ fn rx_counters(dev: &str) -> Result<(u64, u64)> {
     bail!("no {dev} in /proc/net/dev of the receiver namespace")
 }
 
-/// `Udp: NoPorts` of the calling thread's network namespace.
+/// Datagrams to a closed UDP port, IPv4 and IPv6, in the calling thread's network namespace.
 fn udp_no_ports() -> Result<u64> {
+    Ok(udp4_no_ports()? + udp6_no_ports()?)
+}
+
+/// `Udp6NoPorts` of the calling thread's network namespace.
+fn udp6_no_ports() -> Result<u64> {
+    let snmp6 = std::fs::read_to_string("/proc/thread-self/net/snmp6")?;
+    snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6NoPorts"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Udp6NoPorts in /proc/net/snmp6")
+}
+
+/// `Udp: NoPorts` of the calling thread's network namespace.
+fn udp4_no_ports() -> Result<u64> {
     let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else {

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use slammer::{
     addr::Target,
-    blocklist::{Blocklist, Source},
+    blocklist::{Block, Blocklist, Source},
     clock,
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
     rules::RuleSet,
@@ -22,12 +22,17 @@ use slammer::{
 pub const CAPACITY: u32 = 1 << 21;
 /// Blocks live long enough never to expire during a run.
 const TTL: Duration = Duration::from_hours(24);
+/// Where the blocks [`SlammerKernel::fill_to`] adds start, in each family.
+pub const FILL_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+pub const FILL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5b, 0, 0, 0, 0, 0);
 
 pub struct SlammerKernel {
     kernel: Option<Kernel>,
     blocklist: Option<Blocklist<KernelStore>>,
     counters: Option<Counters>,
     pin_dir: PathBuf,
+    /// IPv4 addresses `fill_to` blocked, from [`FILL_V4`].
+    filled_v4: u32,
 }
 
 impl SlammerKernel {
@@ -44,6 +49,7 @@ impl SlammerKernel {
             blocklist: None,
             counters: None,
             pin_dir,
+            filled_v4: 0,
         };
         let mut kernel = Kernel::load(&LoadOptions {
             pin_dir: &this.pin_dir,
@@ -82,6 +88,16 @@ impl SlammerKernel {
             .with_context(|| format!("blocking {target}"))
     }
 
+    /// Runs of the gate the kernel's BPF statistics counted: non-zero when some process turned
+    /// them on (`BPF_ENABLE_STATS`, `bpftool prog profile`, the `cpu` part), which adds two clock
+    /// reads to every run of every program.
+    pub fn runs_under_bpf_stats(&self) -> u64 {
+        self.kernel()
+            .gate()
+            .info()
+            .map_or(0, |info| info.run_count())
+    }
+
     pub fn blocked(&mut self) -> usize {
         self.blocklist().table().len()
     }
@@ -102,22 +118,51 @@ impl SlammerKernel {
             .unwrap_or_default()
     }
 
-    /// Adds blocks until `total` are there, half IPv4 (from 100.64.0.0) and half IPv6 (from
-    /// `2001:db8:5b::`), as one `Blocklist::block` each; returns how long that took.
+    /// Adds blocks until `total` are there, half IPv4 (from [`FILL_V4`]) and half IPv6 (from
+    /// [`FILL_V6`]), as one `Blocklist::block` each; returns how long that took.
     pub fn fill_to(&mut self, total: usize) -> Result<Duration> {
         let start = Instant::now();
-        let have = self.blocked();
-        let wanted = total.saturating_sub(have);
-        let v4 = wanted / 2;
-        for i in 0..v4 {
-            let n = 0x6440_0000u32 + u32::try_from(i).context("too many")?;
-            self.block(Target::Addr(IpAddr::V4(Ipv4Addr::from(n))))?;
-        }
-        for i in 0..wanted - v4 {
-            let n = 0x2001_0db8_005b_0000_0000_0000_0000_0000u128 + i as u128;
-            self.block(Target::Addr(IpAddr::V6(Ipv6Addr::from(n))))?;
+        for target in self.fill_targets(total)? {
+            self.block(target)?;
         }
         Ok(start.elapsed())
+    }
+
+    /// As [`Self::fill_to`], in one `Blocklist::insert_many` (batched map updates, as the daemon
+    /// restores its state file or imports a list).
+    pub fn fill_batched_to(&mut self, total: usize) -> Result<Duration> {
+        let start = Instant::now();
+        let block = Block {
+            expires_at_ns: clock::expiry_after(clock::boot_ns(), TTL),
+            source: Source::Manual,
+            reason: String::new(),
+        };
+        let blocks = self
+            .fill_targets(total)?
+            .into_iter()
+            .map(|target| (target, block.clone()))
+            .collect();
+        let out = self.blocklist().insert_many(blocks);
+        if let Some(err) = out.first_error {
+            return Err(err).with_context(|| format!("{} blocks were not inserted", out.failed));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// The addresses that bring the blocklist to `total` blocks: half IPv4, half IPv6.
+    fn fill_targets(&mut self, total: usize) -> Result<Vec<Target>> {
+        let wanted = total.saturating_sub(self.blocked());
+        let v4 = u32::try_from(wanted / 2).context("too many blocks")?;
+        let v6 = (wanted - wanted / 2) as u128;
+        self.filled_v4 = v4;
+        let v4 = (0..v4).map(|i| Ipv4Addr::from(u32::from(FILL_V4) + i).into());
+        let v6 = (0..v6).map(|i| Ipv6Addr::from(u128::from(FILL_V6) + i).into());
+        Ok(v4.chain(v6).map(Target::Addr).collect())
+    }
+
+    /// How many IPv4 addresses from [`FILL_V4`] `fill_to` blocked.
+    pub fn filled_v4(&self) -> u32 {
+        self.filled_v4
     }
 }
 

@@ -1,4 +1,4 @@
-//! The raw kernel interfaces the suite needs besides aya: two-instruction XDP programs loaded with
+//! The raw kernel interfaces the suite needs besides aya: small XDP programs loaded with
 //! `bpf(BPF_PROG_LOAD)`, `BPF_PROG_TEST_RUN` on them (plain and with live frames), XDP links,
 //! CPU affinity, per-thread network namespaces, GRO, task CPU time, and Ctrl-C.
 
@@ -119,35 +119,46 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 pub fn load_returning(prog_type: u32, name: &str, value: i32) -> io::Result<OwnedFd> {
     // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm = value; then BPF_JMP | BPF_EXIT.
     let imm = value;
-    let insns: [u64; 2] = [insn(0xb7, 0, imm), insn(0x95, 0, 0)];
+    load_program(prog_type, name, &[insn(0xb7, 0, imm), insn(0x95, 0, 0)])
+}
+
+/// Loads the program `insns` (each one `struct bpf_insn`) of type `prog_type`, named `name`,
+/// license GPL.
+pub fn load_program(prog_type: u32, name: &str, insns: &[u64]) -> io::Result<OwnedFd> {
+    // Without a log first: a log that outgrows its buffer fails the load (ENOSPC) even when the
+    // program is fine. The verifier's reasons are fetched only after a failure.
+    prog_load(prog_type, name, insns, &mut []).or_else(|_| {
+        let mut log = vec![0u8; 1 << 16];
+        prog_load(prog_type, name, insns, &mut log).map_err(|err| {
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            io::Error::new(
+                err.kind(),
+                format!("BPF_PROG_LOAD of {name}: {err}; verifier log: {text}"),
+            )
+        })
+    })
+}
+
+/// `BPF_PROG_LOAD`, with the verifier's log (level 1) in `log` unless it is empty.
+fn prog_load(prog_type: u32, name: &str, insns: &[u64], log: &mut [u8]) -> io::Result<OwnedFd> {
     let license = CString::new("GPL").expect("no NUL");
     let mut prog_name = [0u8; 16];
     for (dst, src) in prog_name.iter_mut().zip(name.bytes().take(15)) {
         *dst = src;
     }
-    let mut log = vec![0u8; 4096];
     let mut attr = ProgLoadAttr {
         prog_type,
-        insn_cnt: 2,
+        insn_cnt: len_u32(insns.len())?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: 4096,
+        log_level: u32::from(!log.is_empty()),
+        log_size: len_u32(log.len())?,
         log_buf: log.as_mut_ptr() as u64,
         prog_name,
         ..ProgLoadAttr::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(owned_fd(fd)),
-        Err(err) => {
-            let text = String::from_utf8_lossy(&log);
-            let text = text.trim_end_matches('\0').trim();
-            Err(io::Error::new(
-                err.kind(),
-                format!("BPF_PROG_LOAD of {name}: {err}; verifier log: {text}"),
-            ))
-        }
-    }
+    bpf(BPF_PROG_LOAD, &mut attr).map(owned_fd)
 }
 
 /// One `struct bpf_insn` as the kernel lays it out on little-endian machines.
@@ -175,6 +186,23 @@ pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<Te
         retval: attr.retval,
         duration_ns: attr.duration,
     })
+}
+
+/// One `BPF_PROG_TEST_RUN` of `prog` on `data`: its return value and the frame it left.
+pub fn test_run_output(prog: BorrowedFd<'_>, data: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: fd_u32(prog),
+        data_size_in: len_u32(data.len())?,
+        data_in: data.as_ptr() as u64,
+        data_size_out: len_u32(out.len())?,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    out.truncate(usize::try_from(attr.data_size_out).unwrap_or(0));
+    Ok((attr.retval, out))
 }
 
 /// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`: `repeat` frames built from `data` go
