@@ -17,21 +17,43 @@
 //! `bench-runner` feature; every other xtask subcommand builds without slammer.
 
 #[cfg(feature = "bench-runner")]
+mod attack;
+#[cfg(feature = "bench-runner")]
 mod cost;
+#[cfg(feature = "bench-runner")]
+mod cpu;
+#[cfg(feature = "bench-runner")]
+mod daemon;
+#[cfg(feature = "bench-runner")]
+mod detection;
 #[cfg(feature = "bench-runner")]
 mod drop_rate;
 #[cfg(feature = "bench-runner")]
+mod fail2ban;
+#[cfg(feature = "bench-runner")]
 mod fleet;
+#[cfg(feature = "bench-runner")]
+mod flood;
 #[cfg(feature = "bench-runner")]
 mod frames;
 #[cfg(feature = "bench-runner")]
+mod harness;
+#[cfg(feature = "bench-runner")]
+mod lan;
+#[cfg(feature = "bench-runner")]
 mod netns;
+#[cfg(feature = "bench-runner")]
+mod quantile;
 #[cfg(feature = "bench-runner")]
 mod report;
 #[cfg(feature = "bench-runner")]
 mod runner;
 #[cfg(feature = "bench-runner")]
+mod scale;
+#[cfg(feature = "bench-runner")]
 mod slammer_kernel;
+#[cfg(feature = "bench-runner")]
+mod synthetic_mx;
 #[cfg(feature = "bench-runner")]
 mod sys;
 
@@ -49,6 +71,14 @@ pub enum Part {
     /// Fleet mode: block propagation between two hosts through Redis, Redis commands per offense
     /// and per block.
     Fleet,
+    /// Detection latency of slammer and fail2ban on the same attacks against a real Postfix.
+    Detection,
+    /// Event throughput: rejections per second without loss, CPU per rejection, next to
+    /// fail2ban on the same flood.
+    Flood,
+    /// A million blocks in the real daemon: bulk insert rate, memory, `list --json`, 100,000
+    /// expiring at once, restarts (adopting pins, restoring the state file).
+    Scale,
 }
 
 #[derive(clap::Args, Debug)]

@@ -10,7 +10,7 @@ use super::{
 };
 
 /// Column-aligned text: the first column left-aligned, the others right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows.iter().filter(|r| r.len() == header.len()) {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -63,14 +63,18 @@ pub fn cost_table(cost: &CostResult, repeat: u32, rounds: u32) -> String {
             ]
         })
         .collect();
-    format!(
+    let mut out = format!(
         "Per-packet cost: BPF_PROG_TEST_RUN, {repeat} runs x {rounds} rounds (median; a tenth of \
          the runs for segments that report), CPU {}\n\
          ns/pkt: the kernel's own timing; over bare: minus the bare program of the same hook \
          (XDP_DROP, or r0 = -1 for TC), i.e. the program's own work\n\n{}",
         cost.cpu,
         table(&["case", "ns/pkt", "over bare", "x XDP_DROP"], &rows)
-    )
+    );
+    for note in &cost.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
 }
 
 pub fn drop_table(result: &DropResult) -> String {

@@ -8,9 +8,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
-use super::{Args, Part, cost, drop_rate, fleet, report, slammer_kernel, sys};
+use super::{
+    Args, Part, cost, detection, drop_rate, fleet, flood, report, scale, slammer_kernel, sys,
+};
 use crate::workspace;
 
+#[expect(clippy::too_many_lines, reason = "the parts in order, one block each")]
 pub fn run(args: &Args) -> Result<()> {
     sys::catch_interrupts();
     slammer_kernel::remove_stale_pin_dirs();
@@ -109,6 +112,18 @@ pub fn run(args: &Args) -> Result<()> {
         run_fleet(args, &mut out, &mut failures);
     }
 
+    if args.wants(Part::Detection) && !sys::interrupted() {
+        run_detection(args, &mut out, &mut failures);
+    }
+
+    if args.wants(Part::Flood) && !sys::interrupted() {
+        run_flood(args, &mut out, &mut failures);
+    }
+
+    if args.wants(Part::Scale) && !sys::interrupted() {
+        run_scale(args, &mut out, &mut failures);
+    }
+
     out["finished"] = json!(rfc3339(SystemTime::now()));
     let dir = workspace::target_dir()?.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -140,6 +155,54 @@ fn run_fleet(args: &Args, out: &mut serde_json::Value, failures: &mut Vec<&str>)
             println!("Fleet: FAILED: {err:#}\n");
             out["fleet"] = json!({ "error": format!("{err:#}") });
             failures.push("the fleet");
+        }
+    }
+}
+
+fn run_detection(args: &Args, out: &mut serde_json::Value, failures: &mut Vec<&str>) {
+    match detection::run(&detection::Options { quick: args.quick }) {
+        Ok(result) => {
+            println!("{}", detection::table(&result));
+            out["detection"] = detection::json(&result);
+        }
+        Err(err) => {
+            println!("Detection latency: FAILED: {err:#}\n");
+            out["detection"] = json!({ "error": format!("{err:#}") });
+            failures.push("the detection latency");
+        }
+    }
+}
+
+fn run_flood(args: &Args, out: &mut serde_json::Value, failures: &mut Vec<&str>) {
+    match flood::run(&flood::Options { quick: args.quick }) {
+        Ok(result) => {
+            println!("{}", flood::table(&result));
+            out["flood"] = flood::json(&result);
+        }
+        Err(err) => {
+            println!("Event throughput: FAILED: {err:#}\n");
+            out["flood"] = json!({ "error": format!("{err:#}") });
+            failures.push("the event throughput");
+        }
+    }
+}
+
+fn run_scale(args: &Args, out: &mut serde_json::Value, failures: &mut Vec<&str>) {
+    let started = std::time::Instant::now();
+    match scale::run(&scale::Options { quick: args.quick }) {
+        Ok(result) => {
+            println!("{}", scale::table(&result));
+            println!(
+                "(the scale part took {:.0} s, {:.0} s of it building the release binary)\n",
+                started.elapsed().as_secs_f64(),
+                result.build.as_secs_f64()
+            );
+            out["scale"] = scale::json(&result);
+        }
+        Err(err) => {
+            println!("Scale: FAILED: {err:#}\n");
+            out["scale"] = json!({ "error": format!("{err:#}") });
+            failures.push("the scale part");
         }
     }
 }
