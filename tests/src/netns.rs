@@ -327,6 +327,20 @@ impl Topology {
         }
     }
 
+    /// A block reaches the data path within `within`: an attempt from `src` to `port` times out
+    /// after `timeout` (one that still gets through is retried: it may have raced the map update).
+    pub fn assert_dropped_soon(&self, src: IpAddr, port: u16, timeout: Duration, within: Duration) {
+        crate::poll::wait_until(&format!("{src} to be dropped"), within, || {
+            match self.connect(src, port, timeout) {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => Some(()),
+                Err(e) => {
+                    panic!("{src} -> port {port}: expected a timeout (dropped SYN), got: {e}")
+                }
+            }
+        });
+    }
+
     /// Adds `addr` (typically a client address of another topology) to the cl side too, as a
     /// `/32` or `/128` on cl's veth, with a host route to it in mx over mx's veth so that mx
     /// answers it; then waits until it reaches mx. [`Topology::connect`] works from it like from

@@ -9,22 +9,14 @@ use std::{
     time::Duration,
 };
 
-use tests::{Daemon, DaemonConfig, Timeline, Topology, daemon::slammer_bin, poll::wait_until};
+use tests::{Daemon, DaemonConfig, Timeline, Topology, daemon::slammer_bin};
 
 const PORT: u16 = 8025;
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn assert_dropped_soon(topo: &Topology, client: IpAddr) {
-    wait_until(
-        &format!("{client} to be dropped"),
-        APPLY_TIMEOUT,
-        || match topo.connect(client, PORT, DROP_TIMEOUT) {
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Some(()),
-            Err(e) => panic!("{client} -> port {PORT}: expected a timeout (dropped SYN), got: {e}"),
-        },
-    );
+    topo.assert_dropped_soon(client, PORT, DROP_TIMEOUT, APPLY_TIMEOUT);
 }
 
 fn stderr(out: &Output) -> String {

@@ -365,13 +365,5 @@ fn run_rejects_second_daemon() {
 /// The block reaches the data path within [`APPLY_TIMEOUT`]: an attempt from `client` times out
 /// (a connection that still gets through is retried: it may have raced the map update).
 fn assert_dropped_soon(topo: &Topology, client: IpAddr) {
-    wait_until(
-        &format!("{client} to be dropped"),
-        APPLY_TIMEOUT,
-        || match topo.connect(client, PORT, DROP_TIMEOUT) {
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Some(()),
-            Err(e) => panic!("{client} -> port {PORT}: expected a timeout (dropped SYN), got: {e}"),
-        },
-    );
+    topo.assert_dropped_soon(client, PORT, DROP_TIMEOUT, APPLY_TIMEOUT);
 }
