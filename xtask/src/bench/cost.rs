@@ -30,7 +30,7 @@ use super::{
 
 /// `TC_ACT_UNSPEC`: what the classifier always returns.
 const TC_CONTINUE: u32 = u32::MAX;
-/// Events that fit in the classifier's 1 MiB ring buffer (296-byte records + 8-byte headers),
+/// Events that fit in the classifier's 8 MiB ring buffer (296-byte records + 8-byte headers),
 /// with margin: runs that report events go in chunks of at most this many events, and the ring
 /// is drained between chunks, so every run takes the path that reports (none finds it full).
 const EVENTS_PER_CHUNK: u32 = 3000;
