@@ -68,14 +68,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// (IPv4, IPv6) attacks per tool: 30 normally, 20 with `--quick`.
+    /// (IPv4, IPv6) attacks per tool: 30 normally, 10 with `--quick`.
     fn attacks(&self) -> (u16, u16) {
-        if self.quick { (14, 6) } else { (20, 10) }
+        if self.quick { (7, 3) } else { (20, 10) }
     }
 
     /// (IPv4, IPv6) attacks of the round-trip series.
     fn round_trip_attacks(&self) -> (u16, u16) {
-        if self.quick { (4, 2) } else { (7, 3) }
+        if self.quick { (2, 1) } else { (7, 3) }
     }
 }
 
