@@ -715,34 +715,6 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
     })
 }
 
-/// Destroys the open SMTP sessions of newly blocked targets, so their smtpd processes are
-/// freed now instead of at a timeout. Not in observe mode: nothing is blocked there.
-fn end_sessions(shared: &Shared, targets: &[Target]) {
-    let (ports, observe) = {
-        let inner = lock(shared);
-        (
-            inner.settings.smtp_ports.clone(),
-            inner.engine.policy().observe,
-        )
-    };
-    if observe {
-        return;
-    }
-    for target in targets {
-        match crate::sessions::destroy(target, &ports) {
-            Ok(0) => {}
-            Ok(n) => {
-                log::info!("ended {n} open SMTP sessions of {target}");
-                lock(shared).engine.on_sessions_destroyed(n);
-            }
-            Err(err) => log::warn!(
-                "cannot end the SMTP sessions of {target}: {:#}",
-                anyhow::Error::from(err)
-            ),
-        }
-    }
-}
-
 /// Adds a counted offense to the fleet's count, and blocks the client when the fleet's total
 /// reaches its threshold. Runs in the background: Redis never delays local decisions.
 fn count_in_fleet(shared: &Shared, inner: &Inner, client: IpAddr) {
@@ -1195,15 +1167,20 @@ fn block_many(
     let targets: Vec<Target> = bulk.targets().copied().collect();
     drop(bulk);
     announce_blocks(shared, &targets, "manual");
-    end_sessions_of_many(shared, &targets);
+    end_sessions(shared, &targets);
     let blocked = targets.len();
     drop(targets);
     return_freed_memory();
     Response::ok(Some(json!({ "blocked": blocked })))
 }
 
-/// Like [`end_sessions`] for many targets, with one pass over the open sessions.
-fn end_sessions_of_many(shared: &Shared, targets: &[Target]) {
+/// Destroys the open SMTP sessions of newly blocked targets, so their smtpd processes are
+/// freed now instead of at a timeout, with one pass over the open sessions however many targets
+/// there are. Not in observe mode: nothing is blocked there.
+fn end_sessions(shared: &Shared, targets: &[Target]) {
+    if targets.is_empty() {
+        return;
+    }
     let (ports, observe) = {
         let inner = lock(shared);
         (
@@ -1228,13 +1205,22 @@ fn end_sessions_of_many(shared: &Shared, targets: &[Target]) {
     match crate::sessions::destroy_matching(doomed, &ports) {
         Ok(0) => {}
         Ok(n) => {
-            log::info!("ended {n} open SMTP sessions of the blocked targets");
+            log::info!("ended {n} open SMTP sessions of {}", describe(targets));
             lock(shared).engine.on_sessions_destroyed(n);
         }
         Err(err) => log::warn!(
-            "cannot end the SMTP sessions of the blocked targets: {:#}",
+            "cannot end the SMTP sessions of {}: {:#}",
+            describe(targets),
             anyhow::Error::from(err)
         ),
+    }
+}
+
+/// `198.51.100.7`, or `3 targets` for a bulk block.
+fn describe(targets: &[Target]) -> String {
+    match targets {
+        [one] => one.to_string(),
+        many => format!("{} targets", many.len()),
     }
 }
 

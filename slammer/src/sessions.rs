@@ -10,8 +10,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::addr::Target;
-
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
@@ -200,14 +198,9 @@ fn peer(msg: &DiagMsg) -> Option<IpAddr> {
     }
 }
 
-/// Destroys the established TCP sessions between `target` and the local `ports`; returns how
-/// many were destroyed.
-pub fn destroy(target: &Target, ports: &BTreeSet<u16>) -> Result<usize, SessionError> {
-    destroy_matching(|peer| target.contains(peer), ports)
-}
-
-/// Like [`destroy`] for every peer `doomed_peer` accepts: one dump of the sessions for any number of
-/// targets (a bulk block).
+/// Destroys the established TCP sessions between the local `ports` and every peer
+/// `doomed_peer` accepts, with one dump of the sessions however many targets it stands for;
+/// returns how many were destroyed.
 pub fn destroy_matching(
     doomed_peer: impl Fn(IpAddr) -> bool,
     ports: &BTreeSet<u16>,
