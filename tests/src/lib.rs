@@ -10,7 +10,7 @@
 //! Traffic only flows between the two namespaces (`10.231.N.0/24` and `fd31:N::/64`), every wait is a
 //! bounded poll ([`wait_until`]), and every external command runs with a deadline. Fleet mode tests
 //! join several topologies to a redis-server of their own ([`Redis`]), in one more namespace linked
-//! to each mx by a veth pair of its own ([`netns::link_namespaces`], `10.232.i.0/30`).
+//! to each mx by a veth pair of its own ([`redis::link_to_redis`], `10.232.i.0/30`).
 
 pub mod bgp;
 pub mod command;

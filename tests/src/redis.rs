@@ -7,7 +7,7 @@
 use std::{
     fs::{self, File},
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     command::{COMMAND_TIMEOUT, describe, output_within},
-    netns::{Netns, in_netns},
+    netns::{Netns, Topology, in_netns, link_namespaces},
     poll::wait_until,
 };
 
@@ -295,4 +295,25 @@ impl Drop for Redis {
             );
         }
     }
+}
+
+/// Links the mx namespace of each of `topos` to the redis namespace `rd` by a veth pair of its
+/// own, on `10.232.i.0/30` (mx `.1`, redis `.2`); returns the redis ends, in order, for
+/// [`Redis::start`] to bind.
+pub fn link_to_redis(rd: &Netns, topos: &[Topology]) -> Vec<IpAddr> {
+    (1_u8..)
+        .zip(topos)
+        .map(|(i, topo)| {
+            let (mx_end, rd_end) = (Ipv4Addr::new(10, 232, i, 1), Ipv4Addr::new(10, 232, i, 2));
+            link_namespaces(
+                &topo.mx,
+                &format!("slt{}f", topo.id),
+                &format!("{mx_end}/30"),
+                rd,
+                &format!("slt{}r", topo.id),
+                &format!("{rd_end}/30"),
+            );
+            IpAddr::V4(rd_end)
+        })
+        .collect()
 }

@@ -23,16 +23,16 @@
 //! link, and its gate can drop it.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
 
 use tests::{
     BlockEntry, Cli, Daemon, DaemonConfig, Netns, Postfix, Redis, Smtp, Stats, Timeline, Topology,
-    netns::link_namespaces,
     poll::{poll_until, wait_until},
     postfix::DOMAIN,
+    redis::link_to_redis,
     scratch::Scratch,
     unique_id,
 };
@@ -267,19 +267,7 @@ impl Fleet {
         let dir = Scratch::new(&id);
         let rd = Netns::create(&format!("slt{id}-rd"));
         let topos: Vec<Topology> = (0..count).map(|_| Topology::new()).collect();
-        let mut binds = Vec::new();
-        for (i, topo) in (1_u8..).zip(&topos) {
-            let (mx_end, rd_end) = (Ipv4Addr::new(10, 232, i, 1), Ipv4Addr::new(10, 232, i, 2));
-            link_namespaces(
-                &topo.mx,
-                &format!("slt{}f", topo.id),
-                &format!("{mx_end}/30"),
-                &rd,
-                &format!("slt{}r", topo.id),
-                &format!("{rd_end}/30"),
-            );
-            binds.push(IpAddr::V4(rd_end));
-        }
+        let binds = link_to_redis(&rd, &topos);
         t.mark(&format!(
             "{count} topologies (N={:?}) linked to redis namespace {}",
             topos.iter().map(|t| t.n).collect::<Vec<_>>(),

@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     panic::{self, AssertUnwindSafe},
     path::Path,
     sync::mpsc,
@@ -27,8 +27,8 @@ use slammer::control::{
     protocol::{Request, WatchEvent},
 };
 use tests::{
-    Daemon, DaemonConfig, Netns, Postfix, Redis, Smtp, Topology, netns::link_namespaces,
-    postfix::DOMAIN, scratch::Scratch, unique_id,
+    Daemon, DaemonConfig, Netns, Postfix, Redis, Smtp, Topology, postfix::DOMAIN,
+    redis::link_to_redis, scratch::Scratch, unique_id,
 };
 
 const REDIS_PORT: u16 = 6379;
@@ -76,19 +76,7 @@ fn measure(opts: &Options) -> Result<FleetResult> {
     let dir = Scratch::new(&id);
     let rd = Netns::create(&format!("slt{id}-rd"));
     let topos = [Topology::new(), Topology::new()];
-    let mut binds = Vec::new();
-    for (i, topo) in (1_u8..).zip(&topos) {
-        let (mx_end, rd_end) = (Ipv4Addr::new(10, 232, i, 1), Ipv4Addr::new(10, 232, i, 2));
-        link_namespaces(
-            &topo.mx,
-            &format!("slt{}f", topo.id),
-            &format!("{mx_end}/30"),
-            &rd,
-            &format!("slt{}r", topo.id),
-            &format!("{rd_end}/30"),
-        );
-        binds.push(IpAddr::V4(rd_end));
-    }
+    let binds = link_to_redis(&rd, &topos);
     let redis = Redis::start(&rd, &binds, REDIS_PORT, &dir.subdir("redis"));
     for (topo, addr) in topos.iter().zip(&binds) {
         redis.wait_reachable_from(&topo.mx, *addr);
