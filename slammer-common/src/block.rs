@@ -7,6 +7,9 @@ pub mod source {
     pub const RESTORED: u8 = 3;
     /// Mirrored from another node of the fleet.
     pub const FLEET: u8 = 4;
+    /// Written by the egress classifier at a client's threshold-th rejection, until the daemon
+    /// confirms or lifts it (see [`crate::hold`]).
+    pub const HOLD: u8 = 5;
 }
 
 /// `expires_at_ns` of a block that never expires.

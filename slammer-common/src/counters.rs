@@ -56,7 +56,9 @@ pub mod replies {
     pub const TRUNCATED_SCANS: u32 = 7;
     /// Reported 2xx replies (accepted messages, for known-good senders).
     pub const MATCHED_2XX: u32 = 8;
-    pub const LEN: u32 = 9;
+    /// Holds placed at a client's threshold-th counted reply (see [`crate::hold`]).
+    pub const HOLDS_PLACED: u32 = 9;
+    pub const LEN: u32 = 10;
     pub const NAMES: [&str; LEN as usize] = [
         "segments_inspected",
         "replies_seen",
@@ -67,5 +69,6 @@ pub mod replies {
         "parse_errors",
         "truncated_scans",
         "matched_2xx",
+        "holds_placed",
     ];
 }

@@ -39,7 +39,9 @@ pub struct ReplyEvent {
     pub kind: u8,
     /// One of [`family`].
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero if the classifier placed a hold for this reply (see [`crate::hold`]).
+    pub held: u8,
+    pub _pad: u8,
     /// The reply as sent, from its first line, possibly spanning several lines.
     pub text: [u8; TEXT_LEN],
 }

@@ -2,11 +2,12 @@
 //!
 //! Every type here is `#[repr(C)]`, holds only fixed-width integers and byte arrays with explicit
 //! padding, and has its size pinned by a `const` assertion so both sides agree on the layout.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod block;
 pub mod counters;
 pub mod event;
+pub mod hold;
 pub mod scan;
 
 /// Names of the maps and globals, shared so the loader and the programs cannot drift apart.
@@ -24,6 +25,9 @@ pub mod names {
     pub const SCAN_SCRATCH: &str = "SCAN_SCRATCH";
     pub const FLOW_TAILS: &str = "FLOW_TAILS";
     pub const GREETINGS: &str = "GREETINGS";
+    pub const HOLD_CONFIG: &str = "HOLD_CONFIG";
+    pub const CLIENT_COUNTS: &str = "CLIENT_COUNTS";
+    pub const EVENT_WAKEUPS: &str = "EVENT_WAKEUPS";
     pub const GATE_PROGRAM: &str = "slammer_gate";
     pub const REPLIES_PROGRAM: &str = "slammer_replies";
 }

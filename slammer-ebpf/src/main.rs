@@ -6,6 +6,7 @@
 
 mod clock;
 mod gate;
+mod hold;
 mod maps;
 mod parse;
 mod replies;

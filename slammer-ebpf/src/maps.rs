@@ -8,6 +8,7 @@ use aya_ebpf::{
 use slammer_common::{
     block::{BlockEntry, GateConfig},
     counters::{self, gate::GateCounters},
+    hold::{ClientCount, ClientKey, HoldConfig},
     scan::{FlowKey, MAX_CODE},
 };
 
@@ -60,9 +61,22 @@ pub static REPLY_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static SMTP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
-/// Reply codes reported to the daemon: index = code, value 1 = report.
+/// What to do with each reply code: index = code, value one of `slammer_common::hold::code`.
 #[map]
 pub static REPLY_CODES: Array<u8> = Array::with_max_entries(MAX_CODE, 0);
+
+/// One [`HoldConfig`], written by the daemon.
+#[map]
+pub static HOLD_CONFIG: Array<HoldConfig> = Array::with_max_entries(1, 0);
+
+/// One of `slammer_common::hold::wakeups`, written by the daemon's event reader.
+#[map]
+pub static EVENT_WAKEUPS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each client's counted replies, for holds. The loader sizes it like the daemon's tracker.
+#[map]
+pub static CLIENT_COUNTS: LruHashMap<ClientKey, ClientCount> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 /// Per-CPU buffer the payload is copied into; too large for the 512-byte stack.
 #[map]

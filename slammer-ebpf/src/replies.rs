@@ -15,20 +15,21 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_loop, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use slammer_common::{
     counters::replies as counter,
     event::{ReplyEvent, TEXT_LEN, kind},
+    hold,
     scan::{FlowKey, MAX_CODE, SCAN_LEN},
 };
 
 use crate::{
     maps::{
-        FLOW_TAILS, GREETINGS, REPLY_CODES, REPLY_COUNTERS, REPLY_EVENTS, SCAN_SCRATCH, SMTP_PORTS,
-        count,
+        EVENT_WAKEUPS, FLOW_TAILS, GREETINGS, REPLY_CODES, REPLY_COUNTERS, REPLY_EVENTS,
+        SCAN_SCRATCH, SMTP_PORTS, count,
     },
     parse::{self, Packet, Truncated},
 };
@@ -263,11 +264,16 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
             let _ = GREETINGS.remove(&seg.flow);
         } else {
             count(&REPLY_COUNTERS, counter::TLS_SESSIONS, 1);
-            emit(seg, s, kind::TLS_STARTED, code, first);
+            emit(seg, s, kind::TLS_STARTED, code, first, false);
         }
         return;
     }
-    if code >= MAX_CODE || !REPLY_CODES.get(code).is_some_and(|&report| report != 0) {
+    let action = if code < MAX_CODE {
+        REPLY_CODES.get(code).copied().unwrap_or(hold::code::IGNORE)
+    } else {
+        hold::code::IGNORE
+    };
+    if action == hold::code::IGNORE {
         return;
     }
     let class = match code {
@@ -276,15 +282,40 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
         _ => counter::MATCHED_2XX,
     };
     count(&REPLY_COUNTERS, class, 1);
-    emit(seg, s, kind::REJECTION, code, first);
+    emit(
+        seg,
+        s,
+        kind::REJECTION,
+        code,
+        first,
+        action == hold::code::COUNT,
+    );
 }
 
-/// Sends one event with the reply text from payload offset `first` on.
+/// Sends one event with the reply text from payload offset `first` on; a reply that `counts`
+/// is counted towards a hold first (only once its event is sure to reach the daemon, which
+/// confirms or lifts the hold).
 #[inline(always)]
-fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32) {
+fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32, counts: bool) {
     let Some(mut entry) = REPLY_EVENTS.reserve::<ReplyEvent>(0) else {
         count(&REPLY_COUNTERS, counter::RINGBUF_FULL, 1);
         return;
+    };
+    // SAFETY: helper without arguments.
+    let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let config = crate::hold::config();
+    let held = counts && config.is_some_and(|c| crate::hold::count(&seg.flow, now_ns, c));
+    if held {
+        count(&REPLY_COUNTERS, counter::HOLDS_PLACED, 1);
+    }
+    // A hold wakes the daemon at once; while it drains on its own clock, nothing else needs to.
+    let batching = EVENT_WAKEUPS
+        .get(0)
+        .is_some_and(|&w| w == hold::wakeups::HOLDS_ONLY);
+    let wakeup = if batching && !held {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
     };
     let ev = entry.as_mut_ptr();
     let first = first as usize;
@@ -300,7 +331,7 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32) {
     // SAFETY: `ev` points at a reserved, exclusively owned `ReplyEvent`; `text` holds
     // `TEXT_LEN >= copy_len` bytes.
     unsafe {
-        (*ev).ts_ns = aya_ebpf::helpers::bpf_ktime_get_boot_ns();
+        (*ev).ts_ns = now_ns;
         (*ev).client_addr = seg.flow.client_addr;
         (*ev).seq = seg.seq.wrapping_add(first as u32);
         (*ev).client_port = seg.flow.client_port;
@@ -308,7 +339,8 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32) {
         (*ev).code = code as u16;
         (*ev).kind = event_kind;
         (*ev).family = seg.flow.family;
-        (*ev)._pad = [0; 2];
+        (*ev).held = u8::from(held);
+        (*ev)._pad = 0;
         let ret = bpf_skb_load_bytes(
             seg.skb.cast(),
             seg.payload_offset + first as u32,
@@ -317,5 +349,5 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32) {
         );
         (*ev).text_len = if ret == 0 { copy_len as u16 } else { 0 };
     }
-    entry.submit(0);
+    entry.submit(u64::from(wakeup));
 }

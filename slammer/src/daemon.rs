@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use serde_json::json;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     actionlog::{self, Action, ActionLog, ActionRecord},
@@ -31,11 +30,11 @@ use crate::{
     fleet::{Fleet, FleetConfig, FleetEvent},
     history::Escalation,
     hooks::{HookEvent, HookRunner},
-    kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
+    kernel::{Counters, Holds, Kernel, KernelStore, LoadOptions, Wakeups, read_counters},
     logsource::{self, LogStats},
     metrics::{self, Metrics, Snapshot},
     mtalog::LogRejection,
-    netinfo,
+    netinfo, reader,
     rules::RuleSet,
     spread::SpreadConfig,
     state::{self, SavedBlock, State},
@@ -58,6 +57,8 @@ struct Inner {
     engine: Engine<KernelStore>,
     counters: Counters,
     kernel: Kernel,
+    /// The classifier's holds: its settings and per-client counts.
+    holds: Holds,
     /// Where the settings came from, and what they are now.
     source: ConfigSource,
     settings: Settings,
@@ -241,13 +242,16 @@ pub async fn run(
         capacity: settings.capacity,
     })?;
     kernel.set_smtp_ports(&settings.smtp_ports)?;
-    kernel.set_reply_codes(&policy.reported_codes())?;
+    kernel.set_reply_codes(&policy.reported_codes(), &policy.counted_codes())?;
+    let mut holds = kernel.take_holds()?;
+    holds.configure(policy.tracker.threshold, policy.tracker.window)?;
     for iface in &interfaces {
         let mode = kernel.attach(iface)?;
         log::info!("{iface}: gate attached ({mode:?} mode), egress classifier attached");
     }
     let store = kernel.take_store()?;
     let ring = kernel.take_events()?;
+    let wakeups = kernel.take_wakeups()?;
     let counters = kernel.take_counters()?;
 
     let mut blocklist = Blocklist::new(store, settings.capacity);
@@ -272,6 +276,7 @@ pub async fn run(
         engine,
         counters,
         kernel,
+        holds,
         source,
         settings: settings.clone(),
         actions,
@@ -319,7 +324,7 @@ pub async fn run(
         () = shutdown => log::info!("shutting down"),
         () = socket.serve(handler, watch) => {}
         () = metrics::serve(metrics_listener, Arc::new(Mutex::new(metrics))) => {}
-        res = consume_events(ring, Arc::clone(&shared), block_latency) => res?,
+        res = consume_events(ring, wakeups, Arc::clone(&shared), block_latency) => res?,
         () = sweep(Arc::clone(&shared)) => {}
         () = persist(Arc::clone(&shared), state_dir.clone()) => {}
                 () = reload_on_sighup(Arc::clone(&shared)) => {}
@@ -605,57 +610,98 @@ fn announce_blocks(shared: &Shared, targets: &[Target], source: &str) {
     }
 }
 
+/// Reads the classifier's events on a thread of its own (see [`crate::reader`]) until it fails.
 async fn consume_events(
-    ring: RingBuf<MapData>,
+    mut ring: RingBuf<MapData>,
+    mut wakeups: Wakeups,
     shared: Shared,
     block_latency: prometheus_client::metrics::histogram::Histogram,
 ) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-    loop {
-        let mut guard = ring
-            .readable_mut()
-            .await
-            .context("ring buffer poll failed")?;
-        let ring = guard.get_inner_mut();
-        while let Some(record) = ring.next() {
-            let event = events::decode(&record);
-            drop(record);
-            let mut state = lock(&shared);
-            match event {
-                Ok(Event::Reply(reply)) => {
-                    let outcome = state.engine.on_reply(&reply, Now::read());
-                    if let Outcome::Blocked(block) = &outcome {
-                        block_latency.observe(Duration::from_nanos(block.latency_ns).as_secs_f64());
-                    }
-                    if outcome == Outcome::Counted {
-                        count_in_fleet(&shared, &state, reply.client);
-                    }
-                    let blocked = settle(state, (reply.client, reply.code, &reply.text), outcome);
-                    if !blocked.is_empty() {
-                        let shared = Arc::clone(&shared);
-                        tokio::task::spawn_blocking(move || end_sessions(&shared, &blocked));
-                    }
-                }
-                Ok(Event::TlsStarted {
-                    client,
-                    client_port,
-                    ..
-                }) => {
-                    state.engine.on_tls_started(client, Now::read());
-                    log::debug!(
-                        "{client}:{client_port} switched to TLS; its replies are not visible"
-                    );
-                }
-                Err(err) => {
-                    state.engine.on_decode_error();
-                    log::warn!("bad event from the kernel: {err}");
-                }
+    let (done, failed) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("slammer-events".to_owned())
+        .spawn(move || {
+            let res = reader::run(&mut ring, &mut wakeups, |record| {
+                on_record(&shared, record, &block_latency);
+            });
+            let _ = done.send(res);
+        })
+        .context("cannot start the event reader")?;
+    match failed.await {
+        Ok(res) => res.context("reading the classifier's events"),
+        Err(_) => anyhow::bail!("the event reader stopped"),
+    }
+}
+
+fn on_record(
+    shared: &Shared,
+    record: &[u8],
+    block_latency: &prometheus_client::metrics::histogram::Histogram,
+) {
+    let event = events::decode(record);
+    let mut state = lock(shared);
+    match event {
+        Ok(Event::Reply(reply)) => {
+            let now = Now::read();
+            let outcome = state.engine.on_reply(&reply, now);
+            let held = reply.held && settle_hold(&mut state, &reply, &outcome, now);
+            if let Outcome::Blocked(block) = &outcome {
+                // A confirmed hold was in the map before the reply left.
+                let in_map = if held { 0 } else { block.latency_ns };
+                block_latency.observe(Duration::from_nanos(in_map).as_secs_f64());
+            }
+            if outcome == Outcome::Counted {
+                count_in_fleet(shared, &state, reply.client);
+            }
+            let runtime = state.runtime.clone();
+            let blocked = settle(
+                state,
+                (reply.client, reply.code, &reply.text),
+                outcome,
+                held,
+            );
+            if !blocked.is_empty() {
+                let shared = Arc::clone(shared);
+                runtime.spawn_blocking(move || end_sessions(&shared, &blocked));
             }
         }
-        guard.clear_ready();
+        Ok(Event::TlsStarted {
+            client,
+            client_port,
+            ..
+        }) => {
+            state.engine.on_tls_started(client, Now::read());
+            log::debug!("{client}:{client_port} switched to TLS; its replies are not visible");
+        }
+        Err(err) => {
+            state.engine.on_decode_error();
+            log::warn!("bad event from the kernel: {err}");
+        }
     }
+}
+
+/// The classifier held the client at `reply`: a block confirms the hold (it replaced it in the
+/// map); otherwise the hold is lifted and the classifier counts on from the daemon's count.
+/// Returns whether the hold stands.
+fn settle_hold(state: &mut Inner, reply: &events::Reply, outcome: &Outcome, now: Now) -> bool {
+    if state.engine.on_hold(outcome) {
+        return true;
+    }
+    let count = state.engine.hold_count(reply.client, reply.at_ns, now);
+    match state
+        .engine
+        .blocklist_mut()
+        .store_mut()
+        .lift_hold(reply.client)
+    {
+        Ok(true) => log::debug!("lifted the hold on {}: {outcome:?}", reply.client),
+        Ok(false) => {}
+        Err(err) => log::error!("cannot lift the hold on {}: {err}", reply.client),
+    }
+    if let Err(err) = state.holds.set_count(reply.client, count) {
+        log::warn!("{:#}", anyhow::Error::from(err));
+    }
+    false
 }
 
 /// Announces and logs what an offense led to, releasing the lock; returns the newly blocked
@@ -664,6 +710,7 @@ fn settle(
     mut state: MutexGuard<'_, Inner>,
     (client, code, text): (IpAddr, u16, &str),
     outcome: Outcome,
+    held: bool,
 ) -> Vec<Target> {
     let mut blocked = Vec::new();
     for (target, reason) in state.engine.take_prefix_blocks() {
@@ -678,6 +725,12 @@ fn settle(
     }
     drop(state);
     match outcome {
+        Outcome::Blocked(block) if held => log::info!(
+            "blocked {}: {} (held by the classifier as the reply left, confirmed {:.2} ms later)",
+            block.client,
+            block.reason,
+            Duration::from_nanos(block.latency_ns).as_secs_f64() * 1e3
+        ),
         Outcome::Blocked(block) => log::info!(
             "blocked {}: {} ({:.2} ms after the reply left)",
             block.client,
@@ -710,7 +763,12 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
         if outcome == Outcome::Counted {
             count_in_fleet(&shared, &state, rejection.client);
         }
-        let blocked = settle(state, (rejection.client, rejection.code, &text), outcome);
+        let blocked = settle(
+            state,
+            (rejection.client, rejection.code, &text),
+            outcome,
+            false,
+        );
         end_sessions(&shared, &blocked);
     })
 }
@@ -731,7 +789,12 @@ fn count_in_fleet(shared: &Shared, inner: &Inner, client: IpAddr) {
         let blocked = tokio::task::spawn_blocking(move || {
             let mut state = lock(&shared2);
             let outcome = state.engine.on_fleet_count(client, total, Now::read());
-            settle(state, (client, 0, "offenses across the fleet"), outcome)
+            settle(
+                state,
+                (client, 0, "offenses across the fleet"),
+                outcome,
+                false,
+            )
         })
         .await
         .unwrap_or_default();
@@ -823,14 +886,17 @@ fn reload(shared: &Shared) -> Result<String, String> {
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
     let applied = loaded.and_then(|new| {
         let policy = policy(&new).map_err(|e| format!("{e:#}"))?;
-        let codes = policy.reported_codes();
         inner
             .kernel
             .set_smtp_ports(&new.smtp_ports)
             .map_err(|e| format!("{e:#}"))?;
         inner
             .kernel
-            .set_reply_codes(&codes)
+            .set_reply_codes(&policy.reported_codes(), &policy.counted_codes())
+            .map_err(|e| format!("{e:#}"))?;
+        inner
+            .holds
+            .configure(policy.tracker.threshold, policy.tracker.window)
             .map_err(|e| format!("{e:#}"))?;
         let observe = policy.observe;
         inner.engine.set_policy(policy).map_err(|e| e.to_string())?;

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, num::NonZeroUsize
 
 use lru::LruCache;
 use serde::Serialize;
+use slammer_common::hold::ClientCount;
 
 use crate::{
     addr::Target,
@@ -57,6 +58,11 @@ pub struct EngineStats {
     pub accepted_messages: u64,
     /// Prefixes blocked because their addresses spread their offenses.
     pub prefix_blocks: u64,
+    /// Holds of the classifier (see `slammer_common::hold`) that became blocks, and that were
+    /// lifted because the reply was no offense, the client was allowlisted or below its own
+    /// threshold.
+    pub holds_confirmed: u64,
+    pub holds_lifted: u64,
     /// Open SMTP sessions of blocked clients ended (`sock_diag` destroy).
     pub sessions_destroyed: u64,
     /// Blocks and unblocks mirrored from other nodes of the fleet.
@@ -90,6 +96,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The reply codes the classifier counts towards a hold: the rules'.
+    pub fn counted_codes(&self) -> std::collections::BTreeSet<u16> {
+        self.rules.codes()
+    }
+
     /// The reply codes the kernel must report: the rules', plus 250 for accepted messages.
     pub fn reported_codes(&self) -> std::collections::BTreeSet<u16> {
         let mut codes = self.rules.codes();
@@ -479,6 +490,40 @@ impl<S: BlockStore> Engine<S> {
         false
     }
 
+    /// The classifier held `client` at `reply`, which had `outcome`: whether the hold stands (the
+    /// block replaced it). Otherwise the caller lifts it and gives the classifier
+    /// [`Self::hold_count`].
+    pub fn on_hold(&mut self, outcome: &Outcome) -> bool {
+        let confirmed = matches!(outcome, Outcome::Blocked(_));
+        if confirmed {
+            self.stats.holds_confirmed += 1;
+        } else {
+            self.stats.holds_lifted += 1;
+        }
+        confirmed
+    }
+
+    /// The classifier's count for `client` after a lifted hold: the daemon's own count, and the
+    /// client's own threshold where it differs from the configured one (never, for an
+    /// allowlisted client), so the next hold comes when the daemon would block.
+    pub fn hold_count(&self, client: IpAddr, at_ns: u64, now: Now) -> ClientCount {
+        let client = crate::addr::canonical(client);
+        let own = if self.policy.allow.contains(client) {
+            u32::MAX
+        } else {
+            self.threshold_for(client, now)
+        };
+        ClientCount {
+            last_ns: at_ns,
+            count: self.tracker.count(client, now.boot_ns),
+            threshold: if own == self.policy.tracker.threshold {
+                0
+            } else {
+                own
+            },
+        }
+    }
+
     pub fn on_sessions_destroyed(&mut self, n: usize) {
         self.stats.sessions_destroyed += n as u64;
     }
@@ -686,6 +731,7 @@ mod tests {
             seq,
             code,
             text: text.to_owned(),
+            held: false,
         }
     }
 
@@ -726,6 +772,55 @@ mod tests {
             Outcome::AlreadyBlocked
         );
         assert_eq!(e.stats().auto_blocks, 1);
+    }
+
+    #[test]
+    fn a_hold_stands_only_when_the_reply_blocked() {
+        let mut e = engine(2);
+        let counted = e.on_reply(&reply("198.51.100.7", 1000, 1, 550, UNKNOWN), at(1));
+        assert!(!e.on_hold(&counted));
+        let blocked = e.on_reply(&reply("198.51.100.7", 1000, 2, 550, UNKNOWN), at(2));
+        assert!(e.on_hold(&blocked));
+        assert!(!e.on_hold(&Outcome::AlreadyBlocked));
+        assert!(!e.on_hold(&Outcome::NoOffense));
+        assert_eq!((e.stats().holds_confirmed, e.stats().holds_lifted), (1, 3));
+    }
+
+    #[test]
+    fn a_lifted_hold_counts_on_from_the_daemons_count_and_threshold() {
+        let mut e = engine(3);
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        e.on_reply(&reply("198.51.100.7", 1000, 1, 550, UNKNOWN), at(S));
+        e.on_reply(
+            &reply(
+                "198.51.100.7",
+                1000,
+                2,
+                550,
+                "5.7.1 message content rejected",
+            ),
+            at(2 * S),
+        );
+        assert_eq!(
+            e.hold_count(client, 2 * S, at(2 * S)),
+            ClientCount {
+                last_ns: 2 * S,
+                count: 1,
+                threshold: 0,
+            },
+            "the daemon counted one offense; the configured threshold applies"
+        );
+        let allowed = e.hold_count("192.0.2.1".parse().unwrap(), 5, at(5));
+        assert_eq!((allowed.count, allowed.threshold), (0, u32::MAX));
+        // A sender with an accepted message: the multiplied threshold.
+        let good: IpAddr = "198.51.100.8".parse().unwrap();
+        let accepted = Reply {
+            code: 250,
+            text: "2.0.0 Ok: queued as 4F2A".to_owned(),
+            ..reply("198.51.100.8", 1000, 3, 250, "")
+        };
+        assert_eq!(e.on_reply(&accepted, at(3 * S)), Outcome::Accepted);
+        assert_eq!(e.hold_count(good, 3 * S, at(3 * S)).threshold, 15);
     }
 
     #[test]
@@ -815,6 +910,7 @@ mod escalation_tests {
             seq,
             code: 550,
             text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+            held: false,
         };
         let now = Now {
             boot_ns: 1_000,
@@ -860,6 +956,7 @@ mod known_good_tests {
                 seq,
                 code,
                 text: text.into(),
+                held: false,
             }
         };
         let unknown = "5.1.1 <a@b>: Recipient address rejected: User unknown";
@@ -919,6 +1016,7 @@ mod spread_tests {
                 seq,
                 code: 550,
                 text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+                held: false,
             };
             assert_eq!(e.on_reply(&r, now), Outcome::Counted);
         }
@@ -931,6 +1029,7 @@ mod spread_tests {
             seq: 9,
             code: 550,
             text: "5.1.1 <a@b>: Recipient address rejected: User unknown".into(),
+            held: false,
         };
         assert_eq!(e.on_reply(&r, now), Outcome::Counted);
         let blocks = e.take_prefix_blocks();

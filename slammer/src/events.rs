@@ -30,6 +30,9 @@ pub struct Reply {
     pub code: u16,
     /// The reply's text without codes, sanitised.
     pub text: String,
+    /// The classifier held the client at this reply (see `slammer_common::hold`): the daemon
+    /// confirms the hold with a block or lifts it.
+    pub held: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +76,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 seq: ev.seq,
                 code: ev.code,
                 text: reply_text(&ev.text[..len], ev.code),
+                held: ev.held != 0,
             }))
         }
         kind::TLS_STARTED => Ok(Event::TlsStarted {
@@ -99,7 +103,8 @@ mod tests {
             text_len: u16::try_from(text.len()).unwrap(),
             kind: kind::REJECTION,
             family: fam,
-            _pad: [0; 2],
+            held: 1,
+            _pad: 0,
             text: [0; TEXT_LEN],
         };
         ev.client_addr[..addr.len()].copy_from_slice(addr);
@@ -118,6 +123,7 @@ mod tests {
         };
         assert_eq!(r.client, "192.0.2.7".parse::<IpAddr>().unwrap());
         assert_eq!((r.code, r.seq, r.at_ns, r.client_port), (550, 7, 42, 40000));
+        assert!(r.held);
         assert_eq!(r.text, "5.1.1 User unknown");
         let mapped: Ipv6Addr = "::ffff:192.0.2.7".parse().unwrap();
         let Event::Reply(r) = decode(&record(6, &mapped.octets(), b"550 x\r\n")).unwrap() else {

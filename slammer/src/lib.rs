@@ -29,6 +29,7 @@ pub mod logsource;
 pub mod metrics;
 pub mod mtalog;
 pub mod netinfo;
+pub mod reader;
 pub mod reply_text;
 pub mod rules;
 pub mod sessions;

@@ -153,6 +153,18 @@ impl Collector for SlammerCollector {
             "Blocks refused because the blocklist was full",
             st.blocks_refused_full,
         )?;
+        labelled(
+            &mut e,
+            "holds",
+            "Holds of the egress classifier (a client's threshold-th rejection, blocked before \
+             the reply left), by what became of them",
+            "outcome",
+            [
+                ("placed".to_owned(), s.replies["holds_placed"]),
+                ("confirmed".to_owned(), st.holds_confirmed),
+                ("lifted".to_owned(), st.holds_lifted),
+            ],
+        )?;
         counter(
             &mut e,
             "sessions_destroyed",

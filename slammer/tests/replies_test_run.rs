@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use aya::{
     maps::{MapData, RingBuf},
@@ -13,10 +13,16 @@ use aya::{
 };
 use common::{ETH_P_IPV4, TestKernel, ethernet, ipv4, tcp};
 use slammer::{
+    addr::Target,
+    blocklist::BlockStore as _,
     events::{self, Event},
-    kernel::read_counters,
+    kernel::{HOLD_TTL, KernelStore, read_counters},
     reply_text::reply_text,
     rules::RuleSet,
+};
+use slammer_common::{
+    block::{BlockEntry, source},
+    hold::ClientCount,
 };
 
 /// `TC_ACT_UNSPEC`: the classifier never changes the fate of a packet.
@@ -91,7 +97,7 @@ fn replay(mta: &str) {
     let mut tk = TestKernel::load();
     let codes = RuleSet::defaults().codes();
     tk.get().set_smtp_ports(&[25].into()).unwrap();
-    tk.get().set_reply_codes(&codes).unwrap();
+    tk.get().set_reply_codes(&codes, &codes).unwrap();
     let mut ring = tk.get().take_events().unwrap();
     let counters = tk.get().take_counters().unwrap();
     let mut seen = Seen {
@@ -185,11 +191,144 @@ fn segment(tk: &mut TestKernel, ring: &mut RingBuf<MapData>, seq: u32, payload: 
 fn loaded() -> (TestKernel, RingBuf<MapData>) {
     let mut tk = TestKernel::load();
     tk.get().set_smtp_ports(&[25].into()).unwrap();
-    tk.get()
-        .set_reply_codes(&RuleSet::defaults().codes())
-        .unwrap();
+    let codes = RuleSet::defaults().codes();
+    tk.get().set_reply_codes(&codes, &codes).unwrap();
     let ring = tk.get().take_events().unwrap();
     (tk, ring)
+}
+
+/// The client of [`segment`]'s flow.
+const CLIENT: [u8; 4] = [198, 51, 100, 7];
+const UNKNOWN: &[u8] = b"550 5.1.1 <a@b>: Recipient address rejected: User unknown\r\n";
+
+/// The classifier's events of one segment, with their hold flags.
+fn held_flags(
+    tk: &mut TestKernel,
+    ring: &mut RingBuf<MapData>,
+    seq: u32,
+    body: &[u8],
+) -> Vec<bool> {
+    let mut frame = ethernet(&[], ETH_P_IPV4);
+    frame.extend(ipv4(
+        [192, 0, 2, 1],
+        CLIENT,
+        &[],
+        &tcp(25, 40000, seq, 0x18, body),
+    ));
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        ..TestRunOptions::default()
+    };
+    tk.get()
+        .classifier()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    let mut held = Vec::new();
+    while let Some(record) = ring.next() {
+        if let Event::Reply(r) = events::decode(&record).expect("well-formed event") {
+            held.push(r.held);
+        }
+    }
+    held
+}
+
+fn hold_entry(store: &KernelStore) -> Option<BlockEntry> {
+    store.get(&Target::Addr(IpAddr::from(CLIENT)))
+}
+
+#[test]
+fn the_threshold_th_counted_reply_places_a_hold_before_it_leaves() {
+    let (mut tk, mut ring) = loaded();
+    let mut holds = tk.get().take_holds().unwrap();
+    holds.configure(3, Duration::from_mins(10)).unwrap();
+    let store = tk.get().take_store().unwrap();
+    let mut seq = 1000;
+    for expected in [false, false, true] {
+        assert_eq!(held_flags(&mut tk, &mut ring, seq, UNKNOWN), [expected]);
+        seq += 100;
+    }
+    let entry = hold_entry(&store).expect("a hold in BLOCK_V4");
+    assert_eq!(entry.source, source::HOLD);
+    let left = Duration::from_nanos(
+        entry
+            .expires_at_ns
+            .saturating_sub(slammer::clock::boot_ns()),
+    );
+    assert!(
+        left + Duration::from_secs(5) > HOLD_TTL && left <= HOLD_TTL,
+        "{entry:?}"
+    );
+    // Blocked already: the next counted reply places nothing (and replaces nothing).
+    assert_eq!(held_flags(&mut tk, &mut ring, seq, UNKNOWN), [false]);
+    assert_eq!(hold_entry(&store), Some(entry));
+    assert_eq!(holds.count(IpAddr::from(CLIENT)).map(|c| c.count), Some(4));
+}
+
+#[test]
+fn a_hold_replaces_an_expired_block_but_never_a_live_one() {
+    let (mut tk, mut ring) = loaded();
+    let mut holds = tk.get().take_holds().unwrap();
+    holds.configure(1, Duration::from_mins(10)).unwrap();
+    let mut store = tk.get().take_store().unwrap();
+    let target = Target::Addr(IpAddr::from(CLIENT));
+    let live = BlockEntry::new(u64::MAX, source::MANUAL);
+    store.put(&target, &live).unwrap();
+    assert_eq!(held_flags(&mut tk, &mut ring, 1000, UNKNOWN), [false]);
+    assert_eq!(store.get(&target), Some(live));
+    assert!(
+        !store.lift_hold(IpAddr::from(CLIENT)).unwrap(),
+        "not a hold"
+    );
+    assert_eq!(store.get(&target), Some(live));
+
+    store
+        .put(&target, &BlockEntry::new(1, source::AUTO))
+        .unwrap();
+    assert_eq!(held_flags(&mut tk, &mut ring, 1100, UNKNOWN), [true]);
+    assert_eq!(store.get(&target).map(|e| e.source), Some(source::HOLD));
+    assert!(store.lift_hold(IpAddr::from(CLIENT)).unwrap());
+    assert_eq!(store.get(&target), None);
+}
+
+#[test]
+fn only_codes_rules_name_count_and_a_clients_own_threshold_wins() {
+    let (mut tk, mut ring) = loaded();
+    // 550 is reported but counted by no rule (say, only for known-good bookkeeping).
+    tk.get()
+        .set_reply_codes(&[550, 554].into(), &[554].into())
+        .unwrap();
+    let mut holds = tk.get().take_holds().unwrap();
+    holds.configure(2, Duration::from_mins(10)).unwrap();
+    let store = tk.get().take_store().unwrap();
+    let relay: &[u8] = b"554 5.7.1 <v@relay.example>: Relay access denied\r\n";
+    assert_eq!(held_flags(&mut tk, &mut ring, 1000, UNKNOWN), [false]);
+    assert_eq!(held_flags(&mut tk, &mut ring, 1100, UNKNOWN), [false]);
+    assert!(hold_entry(&store).is_none());
+    // The daemon raised this client's threshold to 3 (a known-good sender).
+    holds
+        .set_count(
+            IpAddr::from(CLIENT),
+            ClientCount {
+                last_ns: slammer::clock::boot_ns(),
+                count: 1,
+                threshold: 3,
+            },
+        )
+        .unwrap();
+    assert_eq!(held_flags(&mut tk, &mut ring, 1200, relay), [false]);
+    assert_eq!(held_flags(&mut tk, &mut ring, 1300, relay), [true]);
+    assert!(hold_entry(&store).is_some());
+}
+
+#[test]
+fn holds_are_off_at_threshold_zero() {
+    let (mut tk, mut ring) = loaded();
+    let store = tk.get().take_store().unwrap();
+    // Never configured: the map holds zeros.
+    for seq in [1000, 1100, 1200] {
+        assert_eq!(held_flags(&mut tk, &mut ring, seq, UNKNOWN), [false]);
+    }
+    assert!(hold_entry(&store).is_none());
 }
 
 #[test]

@@ -101,6 +101,19 @@ impl Smtp {
         reply
     }
 
+    /// Sends one command line without reading a reply.
+    pub fn send(&mut self, line: &str) {
+        self.write(&format!("{line}\r\n"));
+    }
+
+    /// Reads a reply, waiting at most `timeout`.
+    pub fn read_reply_within(&mut self, timeout: Duration) -> io::Result<Reply> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let reply = self.read_reply();
+        let _ = self.stream.set_read_timeout(Some(REPLY_TIMEOUT));
+        reply
+    }
+
     /// Sends one command and panics unless the reply has the `expected` code.
     pub fn expect(&mut self, line: &str, expected: u16) -> Reply {
         let reply = self.cmd(line);

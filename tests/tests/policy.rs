@@ -597,6 +597,11 @@ fn known_good_sender_gets_higher_threshold() {
     let stats = host.cli.stats();
     assert_eq!(stats.get("daemon.auto_blocks"), 2, "stats: {}", stats.0);
     assert_eq!(host.cli.list().len(), 2, "{:?}", host.cli.list());
+    // The classifier knows no senders: it held the known-good one at the plain threshold too,
+    // and the daemon lifted that hold and gave it the higher threshold, where it held it again.
+    assert_eq!(stats.get("replies.holds_placed"), 3, "stats: {}", stats.0);
+    assert_eq!(stats.get("daemon.holds_confirmed"), 2, "stats: {}", stats.0);
+    assert_eq!(stats.get("daemon.holds_lifted"), 1, "stats: {}", stats.0);
     drop(good);
 }
 

@@ -6,7 +6,7 @@
 //! `550 5.1.1 <u@mx.slx.test>: Recipient address rejected: User unknown in local recipient table`,
 //! relay attempts `554 5.7.1 <v@relay.example>: Relay access denied`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use tests::{
     Postfix, Reply, Timeline, Topology,
@@ -190,4 +190,36 @@ fn rejection_text_from_client_is_ignored() {
     assert_eq!(stats.get("replies.matched_5xx"), 1, "stats: {}", stats.0);
     assert_eq!(stats.get("replies.matched_4xx"), 0, "stats: {}", stats.0);
     assert_eq!(stats.get("daemon.auto_blocks"), 0, "stats: {}", stats.0);
+}
+
+/// The threshold-th rejection places a hold in the classifier: the block is in the gate's map
+/// before that rejection leaves the host, so the attacker's next command in the same session,
+/// sent the moment the rejection arrives, is dropped. The rejections come faster than the
+/// daemon's drain interval, so it reads them in a batch and cannot be the one that stops it.
+#[test]
+fn next_command_is_dropped() {
+    let t = Timeline::new("postfix/next_command");
+    let host = MailHost::<PostfixMta>::start(&t, 25);
+    let (attacker, _) = host.clients(false);
+
+    let mut atk = host.smtp(attacker);
+    atk.ehlo("atk.slx.test");
+    atk.expect("MAIL FROM:<probe@atk.slx.test>", 250);
+    for k in 1..=THRESHOLD {
+        atk.expect(&unknown_user(k), 550);
+    }
+    atk.send(&unknown_user(THRESHOLD + 1));
+    let next = atk.read_reply_within(Duration::from_secs(1));
+    t.mark(&format!("the next command: {next:?}"));
+    assert!(
+        next.is_err(),
+        "the command sent right after the {THRESHOLD}th rejection was answered: {next:?}"
+    );
+    let entry = host.wait_listed(attacker).entry;
+    assert!(entry.dropped_packets > 0, "{entry:?}");
+    let stats = host.cli.stats();
+    assert_eq!(stats.get("replies.holds_placed"), 1, "stats: {}", stats.0);
+    assert_eq!(stats.get("daemon.holds_confirmed"), 1, "stats: {}", stats.0);
+    assert_eq!(stats.get("daemon.holds_lifted"), 0, "stats: {}", stats.0);
+    assert_eq!(stats.get("daemon.auto_blocks"), 1, "stats: {}", stats.0);
 }

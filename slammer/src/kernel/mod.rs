@@ -4,6 +4,7 @@
 mod attach;
 mod batch;
 mod counters;
+mod holds;
 mod pins;
 mod store;
 
@@ -16,11 +17,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
 };
-use slammer_common::{names, scan::MAX_CODE};
+use slammer_common::{hold, names, scan::MAX_CODE};
 
 pub use self::{
     attach::{AttachError, GateMode, Unpinned},
     counters::{Counters, read_counters},
+    holds::{HOLD_TTL, Holds, Wakeups},
     pins::{PinDir, PinError},
     store::{KernelStore, StoreReader},
 };
@@ -185,6 +187,19 @@ impl Kernel {
         take_map(&mut self.ebpf, names::REPLY_EVENTS)
     }
 
+    pub fn take_holds(&mut self) -> Result<Holds, KernelError> {
+        Ok(Holds {
+            config: take_map(&mut self.ebpf, names::HOLD_CONFIG)?,
+            counts: take_map(&mut self.ebpf, names::CLIENT_COUNTS)?,
+        })
+    }
+
+    pub fn take_wakeups(&mut self) -> Result<Wakeups, KernelError> {
+        Ok(Wakeups {
+            map: take_map(&mut self.ebpf, names::EVENT_WAKEUPS)?,
+        })
+    }
+
     pub fn take_counters(&mut self) -> Result<Counters, KernelError> {
         Ok(Counters {
             gate: take_map(&mut self.ebpf, names::GATE_COUNTERS)?,
@@ -213,12 +228,24 @@ impl Kernel {
         Ok(())
     }
 
-    /// Sets the reply codes the classifier reports.
-    pub fn set_reply_codes(&mut self, codes: &BTreeSet<u16>) -> Result<(), KernelError> {
+    /// Sets the reply codes the classifier reports, and of those the ones it counts towards a
+    /// hold (the codes rules name).
+    pub fn set_reply_codes(
+        &mut self,
+        reported: &BTreeSet<u16>,
+        counted: &BTreeSet<u16>,
+    ) -> Result<(), KernelError> {
         for code in 0..MAX_CODE {
-            let report = u8::from(u16::try_from(code).is_ok_and(|c| codes.contains(&c)));
+            let code16 = u16::try_from(code).ok();
+            let action = if code16.is_some_and(|c| counted.contains(&c)) {
+                hold::code::COUNT
+            } else if code16.is_some_and(|c| reported.contains(&c)) {
+                hold::code::REPORT
+            } else {
+                hold::code::IGNORE
+            };
             self.reply_codes
-                .set(code, report, 0)
+                .set(code, action, 0)
                 .map_err(|source| KernelError::MapWrite {
                     map: names::REPLY_CODES,
                     source,

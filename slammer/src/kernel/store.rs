@@ -7,7 +7,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
-use slammer_common::block::{BlockEntry, GateConfig};
+use slammer_common::block::{BlockEntry, GateConfig, source};
 
 use super::batch::{self, BatchError};
 use crate::{
@@ -193,6 +193,17 @@ impl StoreReader {
 }
 
 impl KernelStore {
+    /// Deletes the classifier's hold on `client` (see `slammer_common::hold`); a block of any
+    /// other source in its place stays. Returns whether a hold was there.
+    pub fn lift_hold(&mut self, client: IpAddr) -> Result<bool, StoreError> {
+        let target = Target::Addr(client.to_canonical());
+        if self.get(&target).is_none_or(|e| e.source != source::HOLD) {
+            return Ok(false);
+        }
+        self.delete(&target)?;
+        Ok(true)
+    }
+
     /// Observe mode: the gate counts matches instead of dropping them.
     pub fn set_observe(&mut self, observe: bool) -> Result<(), StoreError> {
         self.update_config(|c| c.observe = u32::from(observe))

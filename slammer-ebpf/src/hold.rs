@@ -1,0 +1,71 @@
+//! The classifier's side of holds (see `slammer_common::hold`): count a client's counted
+//! replies and, at its threshold, put a short block into the gate's map before the reply leaves.
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    maps::HashMap,
+};
+use slammer_common::{
+    block::{BlockEntry, source},
+    event::family,
+    hold::{self, ClientKey, HoldConfig},
+    scan::FlowKey,
+};
+
+use crate::maps::{BLOCK_V4, BLOCK_V6, CLIENT_COUNTS, HOLD_CONFIG};
+
+/// The daemon's settings for this run.
+#[inline(always)]
+pub fn config() -> Option<&'static HoldConfig> {
+    HOLD_CONFIG.get(0)
+}
+
+/// Counts one counted reply to the client of `flow` at `now_ns`; returns whether a hold was
+/// placed for it.
+#[inline(always)]
+pub fn count(flow: &FlowKey, now_ns: u64, config: &HoldConfig) -> bool {
+    if config.threshold == 0 {
+        return false;
+    }
+    let key = ClientKey {
+        addr: flow.client_addr,
+        family: flow.family,
+        _pad: [0; 3],
+    };
+    let next = match CLIENT_COUNTS.get_ptr_mut(&key) {
+        Some(slot) => {
+            // SAFETY: a map value, valid for this program run. Two CPUs counting the same
+            // client at once may lose one count; holds are early, not exact.
+            let slot = unsafe { &mut *slot };
+            *slot = hold::counted(Some(slot), now_ns, config.window_ns);
+            *slot
+        }
+        None => {
+            let first = hold::counted(None, now_ns, config.window_ns);
+            let _ = CLIENT_COUNTS.insert(&key, &first, 0);
+            first
+        }
+    };
+    if !hold::reaches(&next, config) {
+        return false;
+    }
+    let entry = BlockEntry::new(now_ns.saturating_add(config.hold_ns), source::HOLD);
+    if flow.family == family::V4 {
+        let [a, b, c, d, ..] = flow.client_addr;
+        place(&BLOCK_V4, &[a, b, c, d], &entry, now_ns)
+    } else {
+        place(&BLOCK_V6, &flow.client_addr, &entry, now_ns)
+    }
+}
+
+/// Writes `hold` unless the client is blocked already; an expired block the sweeper has not
+/// removed yet is replaced.
+#[inline(always)]
+fn place<K>(map: &HashMap<K, BlockEntry>, key: &K, hold: &BlockEntry, now_ns: u64) -> bool {
+    match map.get_ptr(key) {
+        // SAFETY: a map value, valid for this program run.
+        Some(existing) if unsafe { (*existing).expires_at_ns } > now_ns => false,
+        Some(_) => map.insert(key, hold, u64::from(BPF_EXIST)).is_ok(),
+        None => map.insert(key, hold, u64::from(BPF_NOEXIST)).is_ok(),
+    }
+}
