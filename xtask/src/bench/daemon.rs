@@ -159,7 +159,7 @@ impl Daemon {
 
     /// Per automatically blocked address, the latency the daemon measured and logged: from the
     /// threshold-th reply leaving the host (the classifier's timestamp) to the block in the map.
-    pub fn logged_latencies(&self) -> HashMap<IpAddr, Duration> {
+    pub fn logged_latencies(&self) -> HashMap<IpAddr, Logged> {
         logged_latencies(&self.log_text())
     }
 
@@ -215,20 +215,50 @@ impl Drop for Daemon {
     }
 }
 
-/// The latencies in the daemon's log lines `blocked ADDR: REASON (X.XX ms after the reply left)`.
-fn logged_latencies(log: &str) -> HashMap<IpAddr, Duration> {
+/// What the daemon logged about one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// The classifier held the client as the threshold-th rejection left, before the daemon
+    /// read it.
+    pub held: bool,
+    /// From the rejection leaving the host to the daemon's block (or confirmation of the hold).
+    pub confirmed: Duration,
+}
+
+impl Logged {
+    /// From the rejection leaving the host to the block being in the gate's map: nothing for a
+    /// hold, which the classifier wrote before the reply went on.
+    pub fn in_map(&self) -> Duration {
+        if self.held {
+            Duration::ZERO
+        } else {
+            self.confirmed
+        }
+    }
+}
+
+/// The daemon's block lines: `blocked ADDR: REASON (X.XX ms after the reply left)`, or for a
+/// hold `(held by the classifier as the reply left, confirmed X.XX ms later)`.
+fn logged_latencies(log: &str) -> HashMap<IpAddr, Logged> {
     log.lines()
         .filter_map(|line| {
             let rest = &line[line.find("blocked ")? + "blocked ".len()..];
             let (addr, rest) = rest.split_once(": ")?;
             let addr: IpAddr = addr.parse().ok()?;
-            let ms = rest
-                .strip_suffix(" ms after the reply left)")?
-                .rsplit_once('(')?
-                .1
-                .parse::<f64>()
-                .ok()?;
-            Some((addr, Duration::from_secs_f64(ms / 1e3)))
+            let (held, number) = if let Some(r) = rest.strip_suffix(" ms later)") {
+                (true, r.rsplit_once("confirmed ")?.1)
+            } else {
+                let r = rest.strip_suffix(" ms after the reply left)")?;
+                (false, r.rsplit_once('(')?.1)
+            };
+            let ms = number.parse::<f64>().ok()?;
+            Some((
+                addr,
+                Logged {
+                    held,
+                    confirmed: Duration::from_secs_f64(ms / 1e3),
+                },
+            ))
         })
         .collect()
 }
@@ -280,16 +310,23 @@ mod tests {
 [2026-11-28T18:00:01Z INFO  slammer::daemon] blocked 10.77.1.2: 10x 550 \"User unknown\" in 0s (0.13 ms after the reply left)
 [2026-11-28T18:00:02Z INFO  slammer::daemon] blocked fd77:0:0:1::2: 10x 550 \"User unknown (a)\" in 1s (1.50 ms after the reply left)
 [2026-11-28T18:00:03Z INFO  slammer::daemon] blocked prefix 10.77.1.0/24: spread
+[2026-11-28T18:00:04Z INFO  slammer::daemon] blocked 10.77.2.2: 10x 550 \"User unknown\" in 0s (held by the classifier as the reply left, confirmed 0.21 ms later)
 ";
         let got = logged_latencies(log);
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
+        let plain = got[&"10.77.1.2".parse::<IpAddr>().unwrap()];
         assert_eq!(
-            got[&"10.77.1.2".parse::<IpAddr>().unwrap()],
-            Duration::from_micros(130)
+            (plain.held, plain.in_map()),
+            (false, Duration::from_micros(130))
         );
         assert_eq!(
-            got[&"fd77:0:0:1::2".parse::<IpAddr>().unwrap()],
+            got[&"fd77:0:0:1::2".parse::<IpAddr>().unwrap()].confirmed,
             Duration::from_micros(1500)
+        );
+        let held = got[&"10.77.2.2".parse::<IpAddr>().unwrap()];
+        assert_eq!(
+            (held.held, held.in_map(), held.confirmed),
+            (true, Duration::ZERO, Duration::from_micros(210))
         );
     }
 }

@@ -8,8 +8,11 @@
 //!
 //! - **slammer** (`slammer run`, release build, threshold 10, defaults otherwise): its own
 //!   latency per block, from the classifier's timestamp of the threshold-th rejection leaving the
-//!   host to the block in the map (the daemon logs it: `blocked ADDR: ... (X ms after the reply
-//!   left)`); the block in the pinned map as the attacker's clock sees it; the first refused new
+//!   host to the block in the map, which is nothing when the classifier held the client (the
+//!   hold is written before the reply goes on), and to the daemon's block or confirmation of the
+//!   hold (the daemon logs both: `blocked ADDR: ... (X ms after the reply left)` or `(held by
+//!   the classifier as the reply left, confirmed X ms later)`); the block in the pinned map as
+//!   the attacker's clock sees it; the first refused new
 //!   connection; what became of the next command in the same session. A second, shorter series
 //!   sends that command 1 ms after the rejection, as an attacker one 1 ms round trip away would
 //!   (the veth pair has none, and the kernel here has no netem).
@@ -82,8 +85,13 @@ impl Options {
 /// One attack with what was learned about it after the fact.
 pub struct Record {
     pub attack: Attack,
-    /// slammer: the latency it logged for this block.
+    /// slammer: from the rejection leaving the host to the block in the map, as it logged it
+    /// (nothing when the classifier held the client).
     pub daemon_latency: Option<Duration>,
+    /// slammer: from the rejection leaving the host to the daemon's block or confirmed hold.
+    pub confirmed: Option<Duration>,
+    /// slammer: whether the classifier held the client.
+    pub held: bool,
     /// fail2ban: from the attacker reading the threshold-th rejection to fail2ban's `Ban` line.
     pub ban_logged_after: Option<Duration>,
     /// Whether Postfix logged the next command (it reached the server).
@@ -240,7 +248,9 @@ fn slammer_series(
         attacks
             .into_iter()
             .map(|attack| Record {
-                daemon_latency: latencies.get(&attack.client).copied(),
+                daemon_latency: latencies.get(&attack.client).map(daemon::Logged::in_map),
+                confirmed: latencies.get(&attack.client).map(|l| l.confirmed),
+                held: latencies.get(&attack.client).is_some_and(|l| l.held),
                 attack,
                 ban_logged_after: None,
                 next_reached_postfix: false,
@@ -292,6 +302,8 @@ fn fail2ban_series(
                 .and_then(|(_, at)| at.duration_since(attack.received_wall).ok()),
             attack,
             daemon_latency: None,
+            confirmed: None,
+            held: false,
             next_reached_postfix: false,
         })
         .collect())
@@ -451,6 +463,7 @@ fn next_commands(records: &[Record]) -> String {
 
 pub fn table(r: &DetectionResult) -> String {
     let latency = Summary::of(&r.slammer, |x| x.daemon_latency);
+    let confirmed = Summary::of(&r.slammer, |x| x.confirmed);
     let listed = Summary::of(&r.slammer, |x| x.attack.listed_after);
     let refused = Summary::of(&r.slammer, |x| x.attack.refused_after);
     let banned = Summary::of(&r.fail2ban, |x| x.ban_logged_after);
@@ -462,6 +475,17 @@ pub fn table(r: &DetectionResult) -> String {
             ms(latency.p50, SLAMMER_BOUND),
             ms(latency.p90, SLAMMER_BOUND),
             ms(latency.p99, SLAMMER_BOUND),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+        ],
+        vec![
+            "rejection leaves the host -> the daemon's block or confirmed hold".to_owned(),
+            ms(confirmed.p50, SLAMMER_BOUND),
+            ms(confirmed.p90, SLAMMER_BOUND),
+            ms(confirmed.p99, SLAMMER_BOUND),
             dash(),
             dash(),
             dash(),
@@ -518,6 +542,12 @@ pub fn table(r: &DetectionResult) -> String {
     );
     let _ = writeln!(
         out,
+        "held by the classifier (in the map before the rejection left the host): {} of {}",
+        r.slammer.iter().filter(|x| x.held).count(),
+        r.slammer.len()
+    );
+    let _ = writeln!(
+        out,
         "next command in the same session, at once: slammer {}; fail2ban {}",
         next_commands(&r.slammer),
         next_commands(&r.fail2ban)
@@ -569,6 +599,8 @@ fn record_json(x: &Record) -> Value {
     json!({
         "client": x.attack.client.to_string(),
         "daemon_latency_ms": ms_json(x.daemon_latency),
+        "confirmed_ms": ms_json(x.confirmed),
+        "held": x.held,
         "listed_after_ms": ms_json(x.attack.listed_after),
         "ban_logged_after_ms": ms_json(x.ban_logged_after),
         "refused_after_ms": ms_json(x.attack.refused_after),
@@ -598,6 +630,8 @@ pub fn json(r: &DetectionResult) -> Value {
         "bounds_ms": { "slammer": SLAMMER_BOUND.as_millis(), "fail2ban": FAIL2BAN_BOUND.as_millis() },
         "slammer": {
             "daemon_latency": summary_json(&r.slammer, |x| x.daemon_latency),
+            "confirmed": summary_json(&r.slammer, |x| x.confirmed),
+            "held": r.slammer.iter().filter(|x| x.held).count(),
             "listed": summary_json(&r.slammer, |x| x.attack.listed_after),
             "refused": summary_json(&r.slammer, |x| x.attack.refused_after),
             "next_command_stopped": stopped(&r.slammer),
