@@ -52,10 +52,13 @@ pub static GATE_CLOCK: PerCpuArray<clock::Reading> = PerCpuArray::with_max_entri
 pub static REPLY_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(counters::replies::LEN, 0);
 
+/// Bytes of [`REPLY_EVENTS`].
+pub const REPLY_EVENTS_BYTES: u32 = 8 << 20;
+
 /// Replies to the daemon. 8 MiB holds about 27,000 events: at 200,000 rejections a second, a
 /// daemon kept off the CPU for 130 ms loses none.
 #[map]
-pub static REPLY_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub static REPLY_EVENTS: RingBuf = RingBuf::with_byte_size(REPLY_EVENTS_BYTES, 0);
 
 /// Server ports whose replies are inspected (host byte order -> 1).
 #[map]

@@ -15,7 +15,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_loop, bpf_skb_load_bytes},
     programs::TcContext,
 };
@@ -29,7 +29,7 @@ use slammer_common::{
 use crate::{
     maps::{
         EVENT_WAKEUPS, FLOW_TAILS, GREETINGS, REPLY_CODES, REPLY_COUNTERS, REPLY_EVENTS,
-        SCAN_SCRATCH, SMTP_PORTS, count,
+        REPLY_EVENTS_BYTES, SCAN_SCRATCH, SMTP_PORTS, count,
     },
     parse::{self, Packet, Truncated},
 };
@@ -308,11 +308,17 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32, count
     if held {
         count(&REPLY_COUNTERS, counter::HOLDS_PLACED, 1);
     }
-    // A hold wakes the daemon at once; while it drains on its own clock, nothing else needs to.
+    // A hold wakes the daemon at once. While the daemon drains on its own clock, nothing else
+    // does unless the ring is a quarter full; otherwise a record wakes it if it has read all
+    // before (the kernel's default, which costs nothing while no daemon reads).
     let batching = EVENT_WAKEUPS
         .get(0)
         .is_some_and(|&w| w == hold::wakeups::HOLDS_ONLY);
-    let wakeup = if batching && !held {
+    let wakeup = if held {
+        BPF_RB_FORCE_WAKEUP
+    } else if !batching {
+        0
+    } else if REPLY_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) < u64::from(REPLY_EVENTS_BYTES / 4) {
         BPF_RB_NO_WAKEUP
     } else {
         BPF_RB_FORCE_WAKEUP

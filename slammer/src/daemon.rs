@@ -42,9 +42,10 @@ use crate::{
     watch::{self, Watchers},
 };
 
-/// How often expired blocks are swept. The gate stops enforcing at the exact expiry by itself;
-/// the sweep only frees the entry.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// The sweeper wakes at the next expiry, and at least this often: a block added later that
+/// expires sooner is swept up to this late. The gate stops enforcing at the exact expiry by
+/// itself; the sweep frees the entry and announces the end.
+const SWEEP_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 /// Blocks handled per hold of the lock by the passes that work through many, so that an event
 /// never waits long: expired blocks removed and announced, blocks of a bulk request applied,
 /// blocks announced, blocks copied (listing, saving).
@@ -974,10 +975,12 @@ fn reload(shared: &Shared) -> Result<String, String> {
 }
 
 async fn sweep(shared: Shared) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let next = lock(&shared).engine.blocklist().next_expiry();
+        let wait = next.map_or(SWEEP_AT_LEAST_EVERY, |at| {
+            Duration::from_nanos(at.saturating_sub(clock::boot_ns())).min(SWEEP_AT_LEAST_EVERY)
+        });
+        tokio::time::sleep(wait).await;
         // A chunk per hold of the lock: a hundred thousand blocks expiring at once must not
         // hold up events.
         loop {

@@ -4,9 +4,10 @@
 //! interrupt and the thread switch against a few for the work, so at a few hundred rejections a
 //! second the wake-ups are nearly all of the daemon's CPU. So the daemon reads each record as it
 //! comes only while replies are rare. Once records arrive it drains on its own clock, every
-//! [`BATCH_INTERVAL`], and tells the classifier that records need not wake it. Holds still do:
-//! the block they stand for is in the gate's map already, and the daemon confirms it at once. The
-//! first drain that finds nothing switches back.
+//! [`BATCH_INTERVAL`], and tells the classifier that records need not wake it. Holds still do
+//! (the block they stand for is in the gate's map already, and the daemon confirms it at once),
+//! and so does a ring buffer a quarter full, so a flood is read long before the ring overflows.
+//! The first drain that finds nothing switches back.
 //!
 //! Offenses carry the classifier's timestamp, so counting later does not move them in the window.
 
@@ -21,9 +22,10 @@ use aya::maps::{MapData, RingBuf};
 use crate::kernel::Wakeups;
 
 /// How often the daemon drains while records keep coming.
-pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// While idle, a look at the ring buffer this often without a wake-up: a record submitted while
-/// the mode changed may not have woken the daemon.
+/// the mode changed may not have woken the daemon (and then no later one does: a record wakes
+/// the reader only if it had read everything before).
 pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Whether the daemon drains on its own clock; the pure half of [`run`].

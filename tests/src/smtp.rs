@@ -101,9 +101,9 @@ impl Smtp {
         reply
     }
 
-    /// Sends one command line without reading a reply.
-    pub fn send(&mut self, line: &str) {
-        self.write(&format!("{line}\r\n"));
+    /// Sends one command line without reading a reply; the error of a session already cut.
+    pub fn try_send(&mut self, line: &str) -> io::Result<()> {
+        self.stream.write_all(format!("{line}\r\n").as_bytes())
     }
 
     /// Reads a reply, waiting at most `timeout`.

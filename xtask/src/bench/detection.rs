@@ -461,7 +461,8 @@ fn next_commands(records: &[Record]) -> String {
     )
 }
 
-pub fn table(r: &DetectionResult) -> String {
+/// The latency table's rows: slammer's own times, then both tools from the attacker's side.
+fn latency_rows(r: &DetectionResult) -> Vec<Vec<String>> {
     let latency = Summary::of(&r.slammer, |x| x.daemon_latency);
     let confirmed = Summary::of(&r.slammer, |x| x.confirmed);
     let listed = Summary::of(&r.slammer, |x| x.attack.listed_after);
@@ -469,7 +470,7 @@ pub fn table(r: &DetectionResult) -> String {
     let banned = Summary::of(&r.fail2ban, |x| x.ban_logged_after);
     let f2b_refused = Summary::of(&r.fail2ban, |x| x.attack.refused_after);
     let dash = || "-".to_owned();
-    let rows = vec![
+    vec![
         vec![
             "rejection leaves the host -> block in the map (slammer's clock)".to_owned(),
             ms(latency.p50, SLAMMER_BOUND),
@@ -514,7 +515,14 @@ pub fn table(r: &DetectionResult) -> String {
             ratio_text(ratio(f2b_refused.p50, refused.p50)),
             ratio_text(ratio(f2b_refused.p99, refused.p99)),
         ],
-    ];
+    ]
+}
+
+pub fn table(r: &DetectionResult) -> String {
+    let latency = Summary::of(&r.slammer, |x| x.daemon_latency);
+    let refused = Summary::of(&r.slammer, |x| x.attack.refused_after);
+    let f2b_refused = Summary::of(&r.fail2ban, |x| x.attack.refused_after);
+    let rows = latency_rows(r);
     let v4 = r
         .slammer
         .iter()

@@ -14,6 +14,7 @@ use slammer::{
     addr::Target,
     blocklist::{Block, Blocklist, Source},
     clock,
+    config::Settings,
     kernel::{Counters, Kernel, KernelStore, LoadOptions, read_counters},
     rules::RuleSet,
 };
@@ -57,7 +58,13 @@ impl SlammerKernel {
         })
         .with_context(|| format!("loading slammer's programs into {}", this.pin_dir.display()))?;
         kernel.set_smtp_ports(&BTreeSet::from([25]))?;
-        kernel.set_reply_codes(&RuleSet::defaults().codes())?;
+        let codes = RuleSet::defaults().codes();
+        kernel.set_reply_codes(&codes, &codes)?;
+        // Holds as the daemon sets them with its defaults.
+        let defaults = Settings::default();
+        kernel
+            .take_holds()?
+            .configure(defaults.threshold, defaults.window)?;
         this.blocklist = Some(Blocklist::new(kernel.take_store()?, CAPACITY));
         this.counters = Some(kernel.take_counters()?);
         this.kernel = Some(kernel);
