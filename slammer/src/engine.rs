@@ -1,9 +1,8 @@
 //! From replies to blocks: the daemon's decisions, free of I/O so they are tested with a fake
 //! blocklist store. The daemon feeds it events and requests; it answers with what to do.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
 
-use lru::LruCache;
 use serde::Serialize;
 use slammer_common::hold::ClientCount;
 
@@ -15,6 +14,7 @@ use crate::{
     history::{Escalation, History, Record},
     known_good::{self, GoodRecord, KnownGood},
     ledger::{Ledger, LogVerdict},
+    lru::Lru,
     rules::RuleSet,
     spread::{self, Spread, SpreadConfig},
     tracker::{Offense, OffenseTracker, TrackerConfig, TrackerError},
@@ -161,8 +161,8 @@ pub struct Engine<S> {
     tracker: OffenseTracker,
     policy: Policy,
     stats: EngineStats,
-    last_seq: LruCache<(IpAddr, u16, u16), u32>,
-    allow_logged: LruCache<IpAddr, u64>,
+    last_seq: Lru<(IpAddr, u16, u16), u32>,
+    allow_logged: Lru<IpAddr, u64>,
     history: History,
     known_good: KnownGood,
     spread: Spread,
@@ -182,8 +182,8 @@ impl<S: BlockStore> Engine<S> {
             tracker: OffenseTracker::new(policy.tracker)?,
             policy,
             stats: EngineStats::default(),
-            last_seq: LruCache::new(NonZeroUsize::new(SEQ_MEMORY).expect("non-zero")),
-            allow_logged: LruCache::new(NonZeroUsize::new(ALLOW_LOG_MEMORY).expect("non-zero")),
+            last_seq: Lru::new(SEQ_MEMORY),
+            allow_logged: Lru::new(ALLOW_LOG_MEMORY),
             history,
             known_good,
             spread,

@@ -5,9 +5,9 @@
 //! blocklist). A record is forgotten once its last block is older than the retention time, and
 //! at most `max_entries` records are kept (least recently blocked evicted first).
 
-use std::{net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
-use lru::LruCache;
+use crate::lru::Lru;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::canonical;
@@ -42,14 +42,13 @@ pub struct Record {
 }
 
 pub struct History {
-    records: LruCache<IpAddr, Record>,
+    records: Lru<IpAddr, Record>,
 }
 
 impl History {
     pub fn new(max_entries: usize) -> Self {
-        let cap = NonZeroUsize::new(max_entries.max(1)).expect("at least one");
         Self {
-            records: LruCache::new(cap),
+            records: Lru::new(max_entries),
         }
     }
 

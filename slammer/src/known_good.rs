@@ -7,9 +7,9 @@
 //! `250 2.0.0 ... Message accepted for delivery`. The record is wall-clock based (it is saved
 //! with the blocklist) and bounded (least recently accepted evicted first).
 
-use std::{net::IpAddr, num::NonZeroUsize, sync::LazyLock, time::Duration};
+use std::{net::IpAddr, sync::LazyLock, time::Duration};
 
-use lru::LruCache;
+use crate::lru::Lru;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -37,13 +37,13 @@ pub struct GoodRecord {
 }
 
 pub struct KnownGood {
-    clients: LruCache<IpAddr, u64>,
+    clients: Lru<IpAddr, u64>,
 }
 
 impl KnownGood {
     pub fn new(max_entries: usize) -> Self {
         Self {
-            clients: LruCache::new(NonZeroUsize::new(max_entries.max(1)).expect("non-zero")),
+            clients: Lru::new(max_entries),
         }
     }
 

@@ -14,9 +14,9 @@
 //!
 //! So a client mixing plain and TLS sessions is counted once per rejection in total.
 
-use std::{collections::VecDeque, net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
-use lru::LruCache;
+use crate::lru::Lru;
 
 use crate::addr::canonical;
 
@@ -37,16 +37,15 @@ pub enum LogVerdict {
 }
 
 pub struct Ledger {
-    wire: LruCache<IpAddr, VecDeque<(u16, u64)>>,
-    tls: LruCache<IpAddr, u64>,
+    wire: Lru<IpAddr, VecDeque<(u16, u64)>>,
+    tls: Lru<IpAddr, u64>,
 }
 
 impl Ledger {
     pub fn new(max_clients: usize) -> Self {
-        let cap = NonZeroUsize::new(max_clients.max(1)).expect("non-zero");
         Self {
-            wire: LruCache::new(cap),
-            tls: LruCache::new(cap),
+            wire: Lru::new(max_clients),
+            tls: Lru::new(max_clients),
         }
     }
 

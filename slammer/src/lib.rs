@@ -26,6 +26,7 @@ pub mod known_good;
 pub mod ledger;
 pub mod logfollow;
 pub mod logsource;
+pub mod lru;
 pub mod metrics;
 pub mod mtalog;
 pub mod netinfo;

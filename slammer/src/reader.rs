@@ -22,7 +22,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::kernel::Wakeups;
 
 /// How often the daemon drains while records keep coming.
-pub const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// While idle, a look at the ring buffer this often without a wake-up: a record submitted while
 /// the mode changed may not have woken the daemon (and then no later one does: a record wakes
 /// the reader only if it had read everything before).

@@ -6,10 +6,10 @@
 //! never covers a protected address (allowlisted, known-good): [`carve`] shrinks it to the largest
 //! sub-prefixes around the offenders that avoid them, or drops it.
 
-use std::{net::IpAddr, num::NonZeroUsize, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
+use crate::lru::Lru;
 use ipnet::IpNet;
-use lru::LruCache;
 
 use crate::addr::canonical;
 
@@ -35,13 +35,13 @@ pub struct SpreadDecision {
 
 pub struct Spread {
     /// Per prefix: (address, last offense at) of its recent offenders, at most `min_addresses`.
-    groups: LruCache<IpNet, Vec<(IpAddr, u64)>>,
+    groups: Lru<IpNet, Vec<(IpAddr, u64)>>,
 }
 
 impl Spread {
     pub fn new(max_prefixes: usize) -> Self {
         Self {
-            groups: LruCache::new(NonZeroUsize::new(max_prefixes.max(1)).expect("non-zero")),
+            groups: Lru::new(max_prefixes),
         }
     }
 
