@@ -6,9 +6,11 @@
 //! `NNN-`), so text a client gets echoed inside a line never counts. Multi-line replies are
 //! reported once, at their final line, with the text from their first line.
 //!
-//! Verifier notes: the byte loop runs under `bpf_loop`, so the verifier checks its body once
-//! with an unknown index instead of unrolling up to `SCAN_LEN` iterations (which exhausts its
-//! budget once lines branch). Offsets derived from the index are masked with `SCAN_LEN - 1`.
+//! Verifier notes: the loop over the payload's 8-byte words runs under `bpf_loop`, so the
+//! verifier checks its body once with an unknown index instead of unrolling up to
+//! `SCAN_LEN / 8` iterations (which exhausts its budget once lines branch). Offsets derived from
+//! the index are masked. `line_at` is a function of its own, so its up to eight calls per word
+//! share one body.
 //! State shared between iterations lives in the per-CPU scratch map, read and written with
 //! volatile accesses so it is never cached in a register across iterations.
 
@@ -23,7 +25,7 @@ use slammer_common::{
     counters::replies as counter,
     event::{ReplyEvent, TEXT_LEN, kind},
     hold,
-    scan::{FlowKey, MAX_CODE, SCAN_LEN},
+    scan::{FlowKey, MAX_CODE, SCAN_LEN, newline_bytes},
 };
 
 use crate::{
@@ -177,12 +179,14 @@ fn scan(ctx: &TcContext, flow: FlowKey, seq: u32, payload_offset: usize, payload
     if !starts_mid_line {
         line_at(&seg, s, 0);
     }
-    // A line starts after each `\n` but the last byte's.
-    // SAFETY: `scan_byte` matches the callback signature bpf_loop expects; `seg` outlives the call.
+    // A line starts after each `\n`, found a word of 8 bytes at a time. A `\n` in the last
+    // byte, or in the stale bytes past `scanned` in the last word, starts no line: `line_at`
+    // needs four bytes of a line within `scanned`.
+    // SAFETY: `scan_word` matches the callback signature bpf_loop expects; `seg` outlives the call.
     unsafe {
         bpf_loop(
-            (copy_len - 1) as u32,
-            scan_byte as *mut c_void,
+            copy_len.div_ceil(8) as u32,
+            scan_word as *mut c_void,
             (&raw mut seg).cast(),
             0,
         );
@@ -201,22 +205,31 @@ fn scan(ctx: &TcContext, flow: FlowKey, seq: u32, payload_offset: usize, payload
     }
 }
 
-/// One `bpf_loop` iteration: if byte `index` ends a line, parse the line after it.
-extern "C" fn scan_byte(index: u64, seg: *mut c_void) -> i64 {
+/// One `bpf_loop` iteration: parses the line after each `\n` among the bytes `8 * index` to
+/// `8 * index + 7`.
+extern "C" fn scan_word(index: u64, seg: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `Segment` given to it, on the caller's stack.
     let seg = unsafe { &*seg.cast::<Segment>() };
     // SAFETY: the per-CPU scratch value the caller looked up.
     let s = unsafe { &mut *seg.scratch };
-    // For the verifier: an index inside `buf`.
-    let i = (index as usize) & (SCAN_LEN - 1);
-    if s.buf[i] == b'\n' {
-        line_at(seg, s, i + 1);
+    // For the verifier: a word inside `buf`.
+    let at = ((index as usize) & (SCAN_LEN / 8 - 1)) * 8;
+    // SAFETY: `buf` is the first field of an 8-aligned map value and holds `at + 8` bytes.
+    let word = unsafe { core::ptr::read_volatile(s.buf.as_ptr().add(at).cast::<u64>()) };
+    let newlines = newline_bytes(word);
+    if newlines == 0 {
+        return 0;
+    }
+    for byte in 0..8 {
+        if newlines & (0x80 << (8 * byte)) != 0 {
+            line_at(seg, s, at + byte + 1);
+        }
     }
     0
 }
 
 /// Parses the line starting at payload offset `at`.
-#[inline(always)]
+#[inline(never)]
 fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
     if at + MIN_LINE > s.scanned() {
         return;
