@@ -17,6 +17,7 @@ use crate::{
     actionlog::{self, Action, ActionLog, ActionRecord},
     addr::Target,
     allow::Allowlist,
+    batcher::{self, Batcher},
     blocklist::{Block, BlockError, Blocklist, BulkBlock, BulkRefusal, ListJson, Source},
     clock,
     config::{ConfigSource, Mode, Settings},
@@ -53,6 +54,10 @@ const SWEEP_CHUNK: usize = 128;
 const BULK_CHUNK: usize = 512;
 const ANNOUNCE_CHUNK: usize = 128;
 const COPY_CHUNK: usize = 4096;
+/// Automatic blocks wait this long for others before their sessions are ended with one walk of
+/// the TCP table for all of them: the walk costs a millisecond or two however many blocks it
+/// serves, and the gate drops the clients' packets meanwhile anyway.
+const SESSIONS_GATHER: Duration = Duration::from_millis(100);
 
 struct Inner {
     engine: Engine<KernelStore>,
@@ -60,6 +65,8 @@ struct Inner {
     kernel: Kernel,
     /// The classifier's holds: its settings and per-client counts.
     holds: Holds,
+    /// Blocks whose open sessions are to be ended, gathered (see [`SESSIONS_GATHER`]).
+    sessions: Batcher<Target>,
     /// Where the settings came from, and what they are now.
     source: ConfigSource,
     settings: Settings,
@@ -237,6 +244,7 @@ pub async fn run(
         None => (None, None),
     };
     let hooks = HookRunner::spawn(settings.hooks.clone().validate()?);
+    let (sessions, gathered_sessions) = batcher::channel();
 
     let mut kernel = Kernel::load(&LoadOptions {
         pin_dir: &settings.pin_dir,
@@ -278,6 +286,7 @@ pub async fn run(
         counters,
         kernel,
         holds,
+        sessions,
         source,
         settings: settings.clone(),
         actions,
@@ -287,6 +296,14 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
         watchers: Watchers::default(),
     }));
+    {
+        let shared = Arc::clone(&shared);
+        gathered_sessions
+            .spawn("slammer-sessions", SESSIONS_GATHER, move |targets| {
+                end_sessions(&shared, &targets);
+            })
+            .context("cannot start the session ender")?;
+    }
     logsource::spawn_all(&settings.logs, &log_sink(&shared), &log_stats);
     if !restored.is_empty() {
         // After a reboot the hooks' effects (null routes, announcements) are gone too. In the
@@ -654,17 +671,12 @@ fn on_record(
             if outcome == Outcome::Counted {
                 count_in_fleet(shared, &state, reply.client);
             }
-            let runtime = state.runtime.clone();
-            let blocked = settle(
+            settle(
                 state,
                 (reply.client, reply.code, &reply.text),
                 outcome,
                 held,
             );
-            if !blocked.is_empty() {
-                let shared = Arc::clone(shared);
-                runtime.spawn_blocking(move || end_sessions(&shared, &blocked));
-            }
         }
         Ok(Event::TlsStarted {
             client,
@@ -705,14 +717,14 @@ fn settle_hold(state: &mut Inner, reply: &events::Reply, outcome: &Outcome, now:
     false
 }
 
-/// Announces and logs what an offense led to, releasing the lock; returns the newly blocked
-/// targets, whose open sessions the caller ends (outside any async worker).
+/// Announces and logs what an offense led to, releasing the lock; the open sessions of what
+/// it blocked are ended in the background, several blocks' at once (see [`SESSIONS_GATHER`]).
 fn settle(
     mut state: MutexGuard<'_, Inner>,
     (client, code, text): (IpAddr, u16, &str),
     outcome: Outcome,
     held: bool,
-) -> Vec<Target> {
+) {
     let mut blocked = Vec::new();
     for (target, reason) in state.engine.take_prefix_blocks() {
         announce(&mut state, Action::Block, &target, "auto", &reason);
@@ -724,6 +736,7 @@ fn settle(
         announce(&mut state, Action::Block, &target, "auto", &block.reason);
         blocked.push(target);
     }
+    state.sessions.push(blocked);
     drop(state);
     match outcome {
         Outcome::Blocked(block) if held => log::info!(
@@ -745,7 +758,6 @@ fn settle(
         Outcome::Counted => log::debug!("offense by {client}: {code} {text}"),
         _ => {}
     }
-    blocked
 }
 
 /// Rejections read from the MTA's log: sanitised like wire replies, then judged by the engine.
@@ -764,13 +776,12 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
         if outcome == Outcome::Counted {
             count_in_fleet(&shared, &state, rejection.client);
         }
-        let blocked = settle(
+        settle(
             state,
             (rejection.client, rejection.code, &text),
             outcome,
             false,
         );
-        end_sessions(&shared, &blocked);
     })
 }
 
@@ -786,22 +797,17 @@ fn count_in_fleet(shared: &Shared, inner: &Inner, client: IpAddr) {
         let Some(total) = fleet.count_offense(client, window).await else {
             return;
         };
-        let shared2 = Arc::clone(&shared);
-        let blocked = tokio::task::spawn_blocking(move || {
-            let mut state = lock(&shared2);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut state = lock(&shared);
             let outcome = state.engine.on_fleet_count(client, total, Now::read());
             settle(
                 state,
                 (client, 0, "offenses across the fleet"),
                 outcome,
                 false,
-            )
+            );
         })
-        .await
-        .unwrap_or_default();
-        if !blocked.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || end_sessions(&shared, &blocked)).await;
-        }
+        .await;
     });
 }
 
@@ -839,8 +845,7 @@ fn mirror_one(shared: &Shared, event: FleetEvent) {
                         .unwrap_or_default();
                     log::info!("blocked {target} for the fleet: {reason}");
                     announce(&mut state, Action::Block, &target, "fleet", &reason);
-                    drop(state);
-                    end_sessions(shared, &[target]);
+                    state.sessions.push(vec![target]);
                 }
                 Ok(false) => {}
                 Err(err) => log::warn!("fleet block of {target} from {origin} not applied: {err}"),

@@ -8,6 +8,7 @@ pub mod actionlog;
 pub mod addr;
 pub mod allow;
 pub mod backoff;
+pub mod batcher;
 pub mod bgp;
 pub mod blocklist;
 pub mod cli;

@@ -75,6 +75,15 @@ impl<K: Hash + Eq, V> Lru<K, V> {
     }
 }
 
+impl<'a, K: Hash + Eq, V> IntoIterator for &'a Lru<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = lru::Iter<'a, K, V>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
