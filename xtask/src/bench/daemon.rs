@@ -52,6 +52,44 @@ pub struct Daemon {
     iface: String,
 }
 
+/// Where a `slammer run` of the bench keeps its things.
+pub struct RunPaths<'a> {
+    pub iface: &'a str,
+    pub socket: &'a Path,
+    pub pin_dir: &'a Path,
+    pub state_dir: &'a Path,
+    /// A configuration file; without one the daemon runs on its defaults.
+    pub config: Option<&'a Path>,
+}
+
+/// Spawns `slammer run` inside the namespace at `ns_path` (through `nsenter`, so its pins land in
+/// the host's bpffs), its output to `log`, in a process group of its own: a Ctrl-C at the
+/// terminal reaches the bench, which stops it.
+pub fn spawn_run(bin: &Path, ns_path: &Path, paths: &RunPaths<'_>, log: File) -> Result<Child> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns_path.display()))
+        .arg("--")
+        .arg(bin)
+        .args(["run", "--iface", paths.iface, "--socket"])
+        .arg(paths.socket)
+        .arg("--pin-dir")
+        .arg(paths.pin_dir)
+        .arg("--state-dir")
+        .arg(paths.state_dir)
+        .args(["--metrics", "127.0.0.1:0"]);
+    if let Some(config) = paths.config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.env_remove("RUST_LOG")
+        .env_remove("SLAMMER_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting slammer run")
+}
+
 impl Daemon {
     /// Starts `slammer run --iface IFACE --config <dir>/slammer.toml` (with `config` as the
     /// file's text) inside the namespace at `ns_path`, with everything else under `dir`, and
@@ -79,27 +117,18 @@ impl Daemon {
         // A pin dir of ours that a dead run left would hand its blocks to this daemon.
         let _ = slammer::kernel::detach(&pin_dir);
         let socket = dir.join("slammer.sock");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns_path.display()))
-            .arg("--")
-            .arg(bin)
-            .args(["run", "--iface", iface, "--socket"])
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--config")
-            .arg(&config_file)
-            .args(["--metrics", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // Its own process group: a Ctrl-C at the terminal reaches the bench, which stops it.
-            .process_group(0)
-            .spawn()
-            .context("starting slammer run")?;
+        let child = spawn_run(
+            bin,
+            ns_path,
+            &RunPaths {
+                iface,
+                socket: &socket,
+                pin_dir: &pin_dir,
+                state_dir: &dir.join("state"),
+                config: Some(&config_file),
+            },
+            out,
+        )?;
         fs::write(dir.join("daemon.pid"), child.id().to_string())?;
         let mut daemon = Self {
             child: Some(child),

@@ -20,10 +20,7 @@ use std::{
     fs::{self, File},
     io::Read as _,
     net::{Ipv4Addr, Ipv6Addr},
-    os::{
-        fd::{AsFd as _, AsRawFd as _},
-        unix::process::CommandExt as _,
-    },
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -330,26 +327,18 @@ impl World {
         let log = self.dir.join(format!("daemon-{}.log", self.runs.get()));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let started = Instant::now();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg("--")
-            .arg(bin)
-            .args(["run", "--iface", &self.iface, "--socket"])
-            .arg(&self.socket)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .args(["--metrics", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .env_remove("SLAMMER_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // Its own process group: a Ctrl-C at the terminal reaches the bench, which stops it.
-            .process_group(0)
-            .spawn()
-            .context("starting slammer run")?;
+        let child = super::daemon::spawn_run(
+            bin,
+            Path::new(&format!("/run/netns/{}", self.netns)),
+            &super::daemon::RunPaths {
+                iface: &self.iface,
+                socket: &self.socket,
+                pin_dir: &self.pin_dir,
+                state_dir: &self.dir.join("state"),
+                config: None,
+            },
+            out,
+        )?;
         let mut daemon = Daemon {
             child: Some(child),
             log,
