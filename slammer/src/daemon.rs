@@ -253,7 +253,7 @@ pub async fn run(
     kernel.set_smtp_ports(&settings.smtp_ports)?;
     kernel.set_reply_codes(&policy.reported_codes(), &policy.counted_codes())?;
     let mut holds = kernel.take_holds()?;
-    holds.configure(policy.tracker.threshold, policy.tracker.window)?;
+    holds.configure(policy.tracker.threshold, policy.tracker.window, policy.ttl)?;
     for iface in &interfaces {
         let mode = kernel.attach(iface)?;
         log::info!("{iface}: gate attached ({mode:?} mode), egress classifier attached");
@@ -902,7 +902,7 @@ fn reload(shared: &Shared) -> Result<String, String> {
             .map_err(|e| format!("{e:#}"))?;
         inner
             .holds
-            .configure(policy.tracker.threshold, policy.tracker.window)
+            .configure(policy.tracker.threshold, policy.tracker.window, policy.ttl)
             .map_err(|e| format!("{e:#}"))?;
         let observe = policy.observe;
         inner.engine.set_policy(policy).map_err(|e| e.to_string())?;

@@ -240,7 +240,9 @@ fn hold_entry(store: &KernelStore) -> Option<BlockEntry> {
 fn the_threshold_th_counted_reply_places_a_hold_before_it_leaves() {
     let (mut tk, mut ring) = loaded();
     let mut holds = tk.get().take_holds().unwrap();
-    holds.configure(3, Duration::from_mins(10)).unwrap();
+    holds
+        .configure(3, Duration::from_mins(10), Duration::from_hours(1))
+        .unwrap();
     let store = tk.get().take_store().unwrap();
     let mut seq = 1000;
     for expected in [false, false, true] {
@@ -268,7 +270,9 @@ fn the_threshold_th_counted_reply_places_a_hold_before_it_leaves() {
 fn a_hold_replaces_an_expired_block_but_never_a_live_one() {
     let (mut tk, mut ring) = loaded();
     let mut holds = tk.get().take_holds().unwrap();
-    holds.configure(1, Duration::from_mins(10)).unwrap();
+    holds
+        .configure(1, Duration::from_mins(10), Duration::from_secs(30))
+        .unwrap();
     let mut store = tk.get().take_store().unwrap();
     let target = Target::Addr(IpAddr::from(CLIENT));
     let live = BlockEntry::new(u64::MAX, source::MANUAL);
@@ -285,7 +289,13 @@ fn a_hold_replaces_an_expired_block_but_never_a_live_one() {
         .put(&target, &BlockEntry::new(1, source::AUTO))
         .unwrap();
     assert_eq!(held_flags(&mut tk, &mut ring, 1100, UNKNOWN), [true]);
-    assert_eq!(store.get(&target).map(|e| e.source), Some(source::HOLD));
+    let hold = store.get(&target).expect("a hold");
+    assert_eq!(hold.source, source::HOLD);
+    let left = hold.expires_at_ns.saturating_sub(slammer::clock::boot_ns());
+    assert!(
+        Duration::from_nanos(left) <= Duration::from_secs(30),
+        "a hold never outlasts the blocks' TTL: {hold:?}"
+    );
     assert!(store.lift_hold(IpAddr::from(CLIENT)).unwrap());
     assert_eq!(store.get(&target), None);
 }
@@ -298,7 +308,9 @@ fn only_codes_rules_name_count_and_a_clients_own_threshold_wins() {
         .set_reply_codes(&[550, 554].into(), &[554].into())
         .unwrap();
     let mut holds = tk.get().take_holds().unwrap();
-    holds.configure(2, Duration::from_mins(10)).unwrap();
+    holds
+        .configure(2, Duration::from_mins(10), Duration::from_hours(1))
+        .unwrap();
     let store = tk.get().take_store().unwrap();
     let relay: &[u8] = b"554 5.7.1 <v@relay.example>: Relay access denied\r\n";
     assert_eq!(held_flags(&mut tk, &mut ring, 1000, UNKNOWN), [false]);

@@ -12,9 +12,9 @@ use slammer_common::{
 
 use super::KernelError;
 
-/// How long a hold lasts when the daemon never answers it (it is down). A running daemon
-/// replaces or lifts a hold within a wake-up; a stopped one leaves the kernel blocking the
-/// slammers it counted, for this long each.
+/// How long a hold lasts when the daemon never answers it (it is down), unless blocks last less.
+/// A running daemon replaces or lifts a hold within a wake-up; a stopped one leaves the kernel
+/// blocking the slammers it counted, for this long each.
 pub const HOLD_TTL: Duration = Duration::from_mins(1);
 
 /// Settings and per-client counts of holds.
@@ -54,11 +54,17 @@ pub fn client_key(client: IpAddr) -> ClientKey {
 }
 
 impl Holds {
-    /// Holds at `threshold` counted replies within `window`; 0 turns holds off.
-    pub fn configure(&mut self, threshold: u32, window: Duration) -> Result<(), KernelError> {
+    /// Holds at `threshold` counted replies within `window` (0 turns holds off), for
+    /// [`HOLD_TTL`] or the blocks' `ttl` if that is shorter.
+    pub fn configure(
+        &mut self,
+        threshold: u32,
+        window: Duration,
+        ttl: Duration,
+    ) -> Result<(), KernelError> {
         let config = HoldConfig {
             window_ns: nanos(window),
-            hold_ns: nanos(HOLD_TTL),
+            hold_ns: nanos(ttl.min(HOLD_TTL)),
             threshold,
             _pad: 0,
         };

@@ -64,7 +64,7 @@ impl SlammerKernel {
         let defaults = Settings::default();
         kernel
             .take_holds()?
-            .configure(defaults.threshold, defaults.window)?;
+            .configure(defaults.threshold, defaults.window, defaults.ttl)?;
         this.blocklist = Some(Blocklist::new(kernel.take_store()?, CAPACITY));
         this.counters = Some(kernel.take_counters()?);
         this.kernel = Some(kernel);
