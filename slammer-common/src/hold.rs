@@ -59,34 +59,46 @@ const _: () = assert!(size_of::<ClientKey>() == 20);
 pub struct ClientCount {
     /// Boot-clock time of the last counted reply.
     pub last_ns: u64,
-    /// Replies counted since the count last restarted.
-    pub count: u32,
-    /// This client's own threshold, set by the daemon (known-good senders get a higher one);
-    /// 0 = [`HoldConfig::threshold`].
+    /// Replies counted since the count last restarted; 64 bits, so the classifier adds to it
+    /// atomically (two CPUs may answer the same client at once).
+    pub count: u64,
+    /// This client's own threshold, set by the daemon (known-good senders get a higher one,
+    /// allowlisted clients `u32::MAX`) until the count restarts; 0 = [`HoldConfig::threshold`].
     pub threshold: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ClientCount>() == 16);
+const _: () = assert!(size_of::<ClientCount>() == 24);
+
+/// Whether a counted reply at `now_ns` continues `previous`'s count. Otherwise the count
+/// restarts, and with it the client's own threshold: after a window of quiet the client is
+/// judged anew by the daemon, so an old verdict (allowlisted, known-good) cannot linger.
+#[must_use]
+pub const fn continues(previous: &ClientCount, now_ns: u64, window_ns: u64) -> bool {
+    now_ns.saturating_sub(previous.last_ns) <= window_ns
+}
+
+/// The count a reply at `now_ns` starts.
+#[must_use]
+pub const fn first(now_ns: u64) -> ClientCount {
+    ClientCount {
+        last_ns: now_ns,
+        count: 1,
+        threshold: 0,
+        _pad: 0,
+    }
+}
 
 /// The count after one more counted reply at `now_ns`.
 #[must_use]
 pub const fn counted(previous: Option<&ClientCount>, now_ns: u64, window_ns: u64) -> ClientCount {
     match previous {
-        Some(p) if now_ns.saturating_sub(p.last_ns) <= window_ns => ClientCount {
+        Some(p) if continues(p, now_ns, window_ns) => ClientCount {
             last_ns: now_ns,
             count: p.count.saturating_add(1),
             threshold: p.threshold,
+            _pad: 0,
         },
-        // A client's own threshold outlives the count: it says who the client is.
-        Some(p) => ClientCount {
-            last_ns: now_ns,
-            count: 1,
-            threshold: p.threshold,
-        },
-        None => ClientCount {
-            last_ns: now_ns,
-            count: 1,
-            threshold: 0,
-        },
+        _ => first(now_ns),
     }
 }
 
@@ -98,7 +110,7 @@ pub const fn reaches(count: &ClientCount, config: &HoldConfig) -> bool {
     } else {
         config.threshold
     };
-    threshold != 0 && count.count >= threshold
+    threshold != 0 && count.count >= threshold as u64
 }
 
 #[cfg(feature = "user")]
@@ -134,7 +146,12 @@ mod tests {
             threshold: 30,
             ..second
         };
-        assert_eq!(counted(Some(&own), 1_000, CONFIG.window_ns).threshold, 30);
+        assert_eq!(counted(Some(&own), 150, CONFIG.window_ns).threshold, 30);
+        assert_eq!(
+            counted(Some(&own), 1_000, CONFIG.window_ns).threshold,
+            0,
+            "a client's own threshold ends with its count"
+        );
     }
 
     #[test]
@@ -155,6 +172,7 @@ mod tests {
             last_ns: 0,
             count: 3,
             threshold: 30,
+            _pad: 0,
         };
         assert!(!reaches(&c, &CONFIG));
         c = counted(Some(&c), 1, CONFIG.window_ns);

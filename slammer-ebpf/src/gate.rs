@@ -12,7 +12,7 @@ use aya_ebpf::{
 use slammer_common::block::BlockEntry;
 
 use crate::{
-    clock,
+    atomic, clock,
     maps::{BLOCK_V4, BLOCK_V6, GATE_CONFIG, GATE_COUNTERS, PREFIX_V4, PREFIX_V6},
     parse::{self, L3, Packet, Truncated},
 };
@@ -101,8 +101,8 @@ fn verdict(ctx: &XdpContext) -> Result<Verdict, Truncated> {
     }
     let bytes = (pkt.data_end - pkt.data) as u64;
     // Entries are shared by all CPUs: add atomically. In observe mode they count would-be drops.
-    atomic_add(&mut entry.dropped_packets, 1);
-    atomic_add(&mut entry.dropped_bytes, bytes);
+    atomic::add(&mut entry.dropped_packets, 1);
+    atomic::add(&mut entry.dropped_bytes, bytes);
     if config.is_some_and(|c| c.observe != 0) {
         return Ok(Verdict::Observed);
     }
@@ -135,18 +135,4 @@ fn lookup_v6(addr: &[u8; 16], prefixes: bool) -> Option<*mut BlockEntry> {
     PREFIX_V6
         .get(Key::new(128, *addr))
         .map(|e| core::ptr::from_ref(e).cast_mut())
-}
-
-/// `*counter += value` as one BPF atomic add. The BPF target has no atomic read-modify-write in
-/// `core`, so this is the instruction itself.
-#[inline(always)]
-fn atomic_add(counter: &mut u64, value: u64) {
-    // SAFETY: `counter` is a valid, aligned u64; the instruction only adds to it.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({counter} + 0) += {value}",
-            counter = in(reg) core::ptr::from_mut(counter),
-            value = in(reg) value,
-        );
-    }
 }

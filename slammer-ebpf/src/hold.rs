@@ -8,11 +8,14 @@ use aya_ebpf::{
 use slammer_common::{
     block::{BlockEntry, source},
     event::family,
-    hold::{self, ClientKey, HoldConfig},
+    hold::{self, ClientCount, ClientKey, HoldConfig},
     scan::FlowKey,
 };
 
-use crate::maps::{BLOCK_V4, BLOCK_V6, CLIENT_COUNTS, HOLD_CONFIG};
+use crate::{
+    atomic,
+    maps::{BLOCK_V4, BLOCK_V6, CLIENT_COUNTS, HOLD_CONFIG},
+};
 
 /// The daemon's settings for this run.
 #[inline(always)]
@@ -33,15 +36,25 @@ pub fn count(flow: &FlowKey, now_ns: u64, config: &HoldConfig) -> bool {
         _pad: [0; 3],
     };
     let next = match CLIENT_COUNTS.get_ptr_mut(&key) {
-        Some(slot) => {
-            // SAFETY: a map value, valid for this program run. Two CPUs counting the same
-            // client at once may lose one count; holds are early, not exact.
+        // SAFETY: a map value, valid for this program run.
+        Some(slot) if hold::continues(unsafe { &*slot }, now_ns, config.window_ns) => {
+            // SAFETY: as above.
             let slot = unsafe { &mut *slot };
-            *slot = hold::counted(Some(slot), now_ns, config.window_ns);
-            *slot
+            // Two CPUs may count the same client at once: the add loses no count, and whoever
+            // adds the threshold-th reads at least the threshold back.
+            atomic::add(&mut slot.count, 1);
+            slot.last_ns = now_ns;
+            // SAFETY: as above; volatile, to read what all CPUs added.
+            let count = unsafe { core::ptr::read_volatile(&raw const slot.count) };
+            ClientCount { count, ..*slot }
+        }
+        Some(slot) => {
+            // SAFETY: as above.
+            unsafe { *slot = hold::first(now_ns) };
+            hold::first(now_ns)
         }
         None => {
-            let first = hold::counted(None, now_ns, config.window_ns);
+            let first = hold::first(now_ns);
             let _ = CLIENT_COUNTS.insert(&key, &first, 0);
             first
         }

@@ -4,6 +4,7 @@
 // Inline assembly for the atomic add of the per-entry drop counters.
 #![feature(asm_experimental_arch)]
 
+mod atomic;
 mod clock;
 mod gate;
 mod hold;

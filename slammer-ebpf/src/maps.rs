@@ -76,7 +76,8 @@ pub static HOLD_CONFIG: Array<HoldConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static EVENT_WAKEUPS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Each client's counted replies, for holds. The loader sizes it like the daemon's tracker.
+/// Each client's counted replies, for holds: 65,536 clients, the least recently counted
+/// evicted first (an evicted client's count starts again; its daemon-side count is exact).
 #[map]
 pub static CLIENT_COUNTS: LruHashMap<ClientKey, ClientCount> =
     LruHashMap::with_max_entries(65_536, 0);

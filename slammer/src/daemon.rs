@@ -92,6 +92,11 @@ fn announce(inner: &mut Inner, action: Action, target: &Target, source: &str, re
             .map(|b| Duration::from_nanos(b.expires_at_ns.saturating_sub(clock::boot_ns()))),
         Action::Unblock => None,
     };
+    if let (Action::Unblock, Target::Addr(client)) = (action, target) {
+        // The daemon counts an unblocked client from zero (its offenses went with the block);
+        // so does the classifier, or its next counted reply would place a hold at once.
+        inner.holds.forget(*client);
+    }
     let at = std::time::SystemTime::now();
     inner.actions.record(&ActionRecord {
         at,
@@ -419,6 +424,19 @@ fn adopt_pinned(blocklist: &mut Blocklist<KernelStore>, saved: Vec<SavedBlock>) 
             return;
         }
     };
+    // A hold nobody confirmed (placed while no daemon ran, or its event still unread at the
+    // last stop) is no block: the client is judged anew if it goes on.
+    let (holds, entries): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(_, e)| e.source == slammer_common::block::source::HOLD);
+    for (target, _) in &holds {
+        if let Err(err) = crate::blocklist::BlockStore::delete(blocklist.store_mut(), target) {
+            log::warn!("cannot remove the stale hold on {target}: {err}");
+        }
+    }
+    if !holds.is_empty() {
+        log::info!("removed {} holds left unconfirmed", holds.len());
+    }
     let now = clock::boot_ns();
     let adopted = entries
         .iter()
@@ -700,19 +718,24 @@ fn settle_hold(state: &mut Inner, reply: &events::Reply, outcome: &Outcome, now:
     if state.engine.on_hold(outcome) {
         return true;
     }
+    // The count first: lifted with the classifier's count still at the threshold, the hold
+    // would come back with the client's next counted reply.
     let count = state.engine.hold_count(reply.client, reply.at_ns, now);
+    if let Err(err) = state.holds.set_count(reply.client, count) {
+        log::warn!("{:#}", anyhow::Error::from(err));
+    }
     match state
         .engine
         .blocklist_mut()
         .store_mut()
         .lift_hold(reply.client)
     {
-        Ok(true) => log::debug!("lifted the hold on {}: {outcome:?}", reply.client),
+        Ok(true) => {
+            state.engine.on_hold_lifted();
+            log::debug!("lifted the hold on {}: {outcome:?}", reply.client);
+        }
         Ok(false) => {}
         Err(err) => log::error!("cannot lift the hold on {}: {err}", reply.client),
-    }
-    if let Err(err) = state.holds.set_count(reply.client, count) {
-        log::warn!("{:#}", anyhow::Error::from(err));
     }
     false
 }
@@ -775,6 +798,14 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
         );
         if outcome == Outcome::Counted {
             count_in_fleet(&shared, &state, rejection.client);
+            // The classifier never saw this one (it was inside TLS): its count catches up, so
+            // that the client's next rejection on the wire is held when it reaches the
+            // threshold.
+            let now = Now::read();
+            let count = state.engine.hold_count(rejection.client, now.boot_ns, now);
+            if let Err(err) = state.holds.raise_count(rejection.client, count) {
+                log::warn!("{:#}", anyhow::Error::from(err));
+            }
         }
         settle(
             state,

@@ -491,16 +491,19 @@ impl<S: BlockStore> Engine<S> {
     }
 
     /// The classifier held `client` at `reply`, which had `outcome`: whether the hold stands (the
-    /// block replaced it). Otherwise the caller lifts it and gives the classifier
-    /// [`Self::hold_count`].
+    /// block replaced it). Otherwise the caller gives the classifier [`Self::hold_count`] and
+    /// lifts the hold.
     pub fn on_hold(&mut self, outcome: &Outcome) -> bool {
         let confirmed = matches!(outcome, Outcome::Blocked(_));
         if confirmed {
             self.stats.holds_confirmed += 1;
-        } else {
-            self.stats.holds_lifted += 1;
         }
         confirmed
+    }
+
+    /// A hold was lifted (it was still in the map).
+    pub fn on_hold_lifted(&mut self) {
+        self.stats.holds_lifted += 1;
     }
 
     /// The classifier's count for `client` after a lifted hold: the daemon's own count, and the
@@ -515,12 +518,13 @@ impl<S: BlockStore> Engine<S> {
         };
         ClientCount {
             last_ns: at_ns,
-            count: self.tracker.count(client, now.boot_ns),
+            count: u64::from(self.tracker.count(client, now.boot_ns)),
             threshold: if own == self.policy.tracker.threshold {
                 0
             } else {
                 own
             },
+            _pad: 0,
         }
     }
 
@@ -783,7 +787,8 @@ mod tests {
         assert!(e.on_hold(&blocked));
         assert!(!e.on_hold(&Outcome::AlreadyBlocked));
         assert!(!e.on_hold(&Outcome::NoOffense));
-        assert_eq!((e.stats().holds_confirmed, e.stats().holds_lifted), (1, 3));
+        e.on_hold_lifted();
+        assert_eq!((e.stats().holds_confirmed, e.stats().holds_lifted), (1, 1));
     }
 
     #[test]
@@ -807,6 +812,7 @@ mod tests {
                 last_ns: 2 * S,
                 count: 1,
                 threshold: 0,
+                _pad: 0,
             },
             "the daemon counted one offense; the configured threshold applies"
         );

@@ -324,12 +324,48 @@ fn only_codes_rules_name_count_and_a_clients_own_threshold_wins() {
                 last_ns: slammer::clock::boot_ns(),
                 count: 1,
                 threshold: 3,
+                _pad: 0,
             },
         )
         .unwrap();
     assert_eq!(held_flags(&mut tk, &mut ring, 1200, relay), [false]);
     assert_eq!(held_flags(&mut tk, &mut ring, 1300, relay), [true]);
     assert!(hold_entry(&store).is_some());
+}
+
+#[test]
+fn the_daemons_count_raises_the_classifiers_and_an_unblock_restarts_it() {
+    let (mut tk, mut ring) = loaded();
+    let mut holds = tk.get().take_holds().unwrap();
+    holds
+        .configure(3, Duration::from_mins(10), Duration::from_hours(1))
+        .unwrap();
+    let store = tk.get().take_store().unwrap();
+    let client = IpAddr::from(CLIENT);
+    let daemons = |count| ClientCount {
+        last_ns: slammer::clock::boot_ns(),
+        count,
+        threshold: 0,
+        _pad: 0,
+    };
+    assert_eq!(held_flags(&mut tk, &mut ring, 1000, UNKNOWN), [false]);
+    // The daemon read two offenses from the MTA's log (inside TLS): the count catches up.
+    holds.raise_count(client, daemons(2)).unwrap();
+    assert_eq!(holds.count(client).map(|c| c.count), Some(2));
+    holds.raise_count(client, daemons(1)).unwrap();
+    assert_eq!(
+        holds.count(client).map(|c| c.count),
+        Some(2),
+        "never lowered"
+    );
+    assert_eq!(held_flags(&mut tk, &mut ring, 1100, UNKNOWN), [true]);
+    assert!(hold_entry(&store).is_some());
+
+    holds.forget(client);
+    assert_eq!(holds.count(client), None);
+    holds.forget(client);
+    assert_eq!(held_flags(&mut tk, &mut ring, 1200, UNKNOWN), [false]);
+    assert_eq!(holds.count(client).map(|c| c.count), Some(1));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use aya::maps::{Array, HashMap, MapData};
 use slammer_common::{
     event::family,
-    hold::{ClientCount, ClientKey, HoldConfig, wakeups},
+    hold::{self, ClientCount, ClientKey, HoldConfig, wakeups},
     names,
 };
 
@@ -78,6 +78,28 @@ impl Holds {
         self.counts
             .insert(client_key(client), count, 0)
             .map_err(write_error(names::CLIENT_COUNTS))
+    }
+
+    /// Raises the classifier's count of `client` to the daemon's `count`, which holds offenses
+    /// the classifier cannot see (from the MTA's log); a higher count of its own stays.
+    pub fn raise_count(&mut self, client: IpAddr, count: ClientCount) -> Result<(), KernelError> {
+        if self.count(client).is_some_and(|own| {
+            own.count >= count.count
+                && hold::continues(&own, count.last_ns, self.window_ns().unwrap_or(0))
+        }) {
+            return Ok(());
+        }
+        self.set_count(client, count)
+    }
+
+    /// Forgets `client`: its next counted reply starts a new count.
+    pub fn forget(&mut self, client: IpAddr) {
+        // Absent already is fine; anything else leaves the count to restart after a window.
+        let _ = self.counts.remove(&client_key(client));
+    }
+
+    fn window_ns(&self) -> Option<u64> {
+        self.config.get(&0, 0).ok().map(|c| c.window_ns)
     }
 
     /// The classifier's count of `client`, if it has one.
