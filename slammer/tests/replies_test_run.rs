@@ -16,7 +16,7 @@ use slammer::{
     addr::Target,
     blocklist::BlockStore as _,
     events::{self, Event},
-    kernel::{HOLD_TTL, KernelStore, read_counters},
+    kernel::{HOLD_TTL, Holds, KernelStore, read_counters},
     reply_text::reply_text,
     rules::RuleSet,
 };
@@ -232,18 +232,25 @@ fn held_flags(
     held
 }
 
+/// [`loaded`], with holds at `threshold` in a 10-minute window lasting at most `ttl`, and the
+/// blocklist maps to look at.
+fn with_holds(threshold: u32, ttl: Duration) -> (TestKernel, RingBuf<MapData>, Holds, KernelStore) {
+    let (mut tk, ring) = loaded();
+    let mut holds = tk.get().take_holds().unwrap();
+    holds
+        .configure(threshold, Duration::from_mins(10), ttl)
+        .unwrap();
+    let store = tk.get().take_store().unwrap();
+    (tk, ring, holds, store)
+}
+
 fn hold_entry(store: &KernelStore) -> Option<BlockEntry> {
     store.get(&Target::Addr(IpAddr::from(CLIENT)))
 }
 
 #[test]
 fn the_threshold_th_counted_reply_places_a_hold_before_it_leaves() {
-    let (mut tk, mut ring) = loaded();
-    let mut holds = tk.get().take_holds().unwrap();
-    holds
-        .configure(3, Duration::from_mins(10), Duration::from_hours(1))
-        .unwrap();
-    let store = tk.get().take_store().unwrap();
+    let (mut tk, mut ring, holds, store) = with_holds(3, Duration::from_hours(1));
     let mut seq = 1000;
     for expected in [false, false, true] {
         assert_eq!(held_flags(&mut tk, &mut ring, seq, UNKNOWN), [expected]);
@@ -268,12 +275,7 @@ fn the_threshold_th_counted_reply_places_a_hold_before_it_leaves() {
 
 #[test]
 fn a_hold_replaces_an_expired_block_but_never_a_live_one() {
-    let (mut tk, mut ring) = loaded();
-    let mut holds = tk.get().take_holds().unwrap();
-    holds
-        .configure(1, Duration::from_mins(10), Duration::from_secs(30))
-        .unwrap();
-    let mut store = tk.get().take_store().unwrap();
+    let (mut tk, mut ring, _holds, mut store) = with_holds(1, Duration::from_secs(30));
     let target = Target::Addr(IpAddr::from(CLIENT));
     let live = BlockEntry::new(u64::MAX, source::MANUAL);
     store.put(&target, &live).unwrap();
@@ -335,12 +337,7 @@ fn only_codes_rules_name_count_and_a_clients_own_threshold_wins() {
 
 #[test]
 fn the_daemons_count_raises_the_classifiers_and_an_unblock_restarts_it() {
-    let (mut tk, mut ring) = loaded();
-    let mut holds = tk.get().take_holds().unwrap();
-    holds
-        .configure(3, Duration::from_mins(10), Duration::from_hours(1))
-        .unwrap();
-    let store = tk.get().take_store().unwrap();
+    let (mut tk, mut ring, mut holds, store) = with_holds(3, Duration::from_hours(1));
     let client = IpAddr::from(CLIENT);
     let daemons = |count| ClientCount {
         last_ns: slammer::clock::boot_ns(),
