@@ -343,16 +343,19 @@ pub async fn run(
         "metrics on http://{}/metrics",
         metrics_listener.local_addr()?
     );
+    let mut events = EventReader::start(ring, wakeups, Arc::clone(&shared), block_latency)?;
     tokio::select! {
         () = shutdown => log::info!("shutting down"),
         () = socket.serve(handler, watch) => {}
         () = metrics::serve(metrics_listener, Arc::new(Mutex::new(metrics))) => {}
-        res = consume_events(ring, wakeups, Arc::clone(&shared), block_latency) => res?,
+        res = events.failure() => res?,
         () = sweep(Arc::clone(&shared)) => {}
         () = persist(Arc::clone(&shared), state_dir.clone()) => {}
                 () = reload_on_sighup(Arc::clone(&shared)) => {}
         () = mirror_fleet(Arc::clone(&shared), fleet_events) => {}
     }
+    // Every event already submitted is handled before the last announcements and the state.
+    events.stop().await;
     if let Some(fleet) = &fleet
         && !fleet.flush(Duration::from_secs(2)).await
     {
@@ -646,26 +649,56 @@ fn announce_blocks(shared: &Shared, targets: &[Target], source: &str) {
     }
 }
 
-/// Reads the classifier's events on a thread of its own (see [`crate::reader`]) until it fails.
-async fn consume_events(
-    mut ring: RingBuf<MapData>,
-    mut wakeups: Wakeups,
-    shared: Shared,
-    block_latency: prometheus_client::metrics::histogram::Histogram,
-) -> anyhow::Result<()> {
-    let (done, failed) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("slammer-events".to_owned())
-        .spawn(move || {
-            let res = reader::run(&mut ring, &mut wakeups, |record| {
-                on_record(&shared, record, &block_latency);
-            });
-            let _ = done.send(res);
+/// The thread that reads the classifier's events (see [`crate::reader`]).
+struct EventReader {
+    stop: Arc<reader::Stop>,
+    thread: std::thread::JoinHandle<()>,
+    /// Resolves if the reader fails.
+    failed: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+}
+
+impl EventReader {
+    fn start(
+        mut ring: RingBuf<MapData>,
+        mut wakeups: Wakeups,
+        shared: Shared,
+        block_latency: prometheus_client::metrics::histogram::Histogram,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(reader::Stop::new().context("cannot create the event reader's stop")?);
+        let (done, failed) = tokio::sync::oneshot::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("slammer-events".to_owned())
+                .spawn(move || {
+                    let res = reader::run(&mut ring, &mut wakeups, &stop, |record| {
+                        on_record(&shared, record, &block_latency);
+                    });
+                    let _ = done.send(res);
+                })
+                .context("cannot start the event reader")?
+        };
+        Ok(Self {
+            stop,
+            thread,
+            failed,
         })
-        .context("cannot start the event reader")?;
-    match failed.await {
-        Ok(res) => res.context("reading the classifier's events"),
-        Err(_) => anyhow::bail!("the event reader stopped"),
+    }
+
+    /// Resolves when the reader fails; never while it runs.
+    async fn failure(&mut self) -> anyhow::Result<()> {
+        match (&mut self.failed).await {
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(err)) => Err(err.context("reading the classifier's events")),
+            Err(_) => anyhow::bail!("the event reader stopped"),
+        }
+    }
+
+    /// Stops the reader once it has handled every event already submitted.
+    async fn stop(self) {
+        self.stop.request();
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 

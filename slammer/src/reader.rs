@@ -13,7 +13,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, RawFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     time::Duration,
 };
 
@@ -54,17 +54,46 @@ impl Pacer {
     }
 }
 
-/// Reads the ring buffer for ever, handing each record to `handle`; returns only on an error.
+/// Asks a running [`run`] to return, at once, after what it has read.
+pub struct Stop {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Stop {
+    pub fn new() -> io::Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: two fresh descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Self { read, write })
+    }
+
+    pub fn request(&self) {
+        // SAFETY: one byte from a valid buffer; a full pipe means a request is pending anyway.
+        let _ = unsafe { libc::write(self.write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Reads the ring buffer, handing each record to `handle`, until `stop` is requested (then
+/// `Ok`, with everything submitted before read) or an error.
 pub fn run(
     ring: &mut RingBuf<MapData>,
     wakeups: &mut Wakeups,
+    stop: &Stop,
     mut handle: impl FnMut(&[u8]),
 ) -> anyhow::Result<()> {
     let mut pacer = Pacer::default();
     wakeups.set_batching(false)?;
     loop {
-        wait(ring.as_raw_fd(), pacer.timeout())?;
+        let stopping = wait(ring.as_raw_fd(), stop.read.as_raw_fd(), pacer.timeout())?;
         let read = drain(ring, &mut handle);
+        if stopping {
+            return Ok(());
+        }
         if let Some(batching) = pacer.drained(read) {
             wakeups.set_batching(batching)?;
             if !batching {
@@ -84,27 +113,43 @@ fn drain(ring: &mut RingBuf<MapData>, handle: &mut impl FnMut(&[u8])) -> usize {
     read
 }
 
-/// Waits until `fd` is readable (a wake-up) or `timeout` has passed.
-fn wait(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let mut pollfd = libc::pollfd {
+/// Waits until `ring` is readable (a wake-up), `stop` is, or `timeout` has passed; returns
+/// whether a stop was requested.
+fn wait(ring: RawFd, stop: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [ring, stop].map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
+    });
     let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    if unsafe { libc::poll(&raw mut pollfd, 1, millis) } < 0 {
+    // SAFETY: two valid pollfds for the duration of the call.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) } < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
-    Ok(())
+    Ok(fds[1].revents & libc::POLLIN != 0)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    #[test]
+    fn a_stop_request_ends_the_wait_at_once() {
+        let stop = Stop::new().unwrap();
+        // A pipe nobody writes to stands in for a quiet ring buffer.
+        let quiet = Stop::new().unwrap();
+        let (ring, stop_fd) = (quiet.read.as_raw_fd(), stop.read.as_raw_fd());
+        assert!(!wait(ring, stop_fd, Duration::from_millis(20)).unwrap());
+        let started = Instant::now();
+        stop.request();
+        assert!(wait(ring, stop_fd, Duration::from_secs(10)).unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn batches_while_records_come_and_sleeps_when_they_stop() {
