@@ -8,7 +8,7 @@ use aya_ebpf::{
 use slammer_common::{
     block::{BlockEntry, source},
     event::family,
-    hold::{self, ClientCount, ClientKey, HoldConfig},
+    hold::{self, ClientCount, ClientKey},
     scan::FlowKey,
 };
 
@@ -17,16 +17,13 @@ use crate::{
     maps::{BLOCK_V4, BLOCK_V6, CLIENT_COUNTS, HOLD_CONFIG},
 };
 
-/// The daemon's settings for this run.
+/// Counts one counted reply to the client of `flow` at `now_ns` under the daemon's settings;
+/// returns whether a hold was placed for it.
 #[inline(always)]
-pub fn config() -> Option<&'static HoldConfig> {
-    HOLD_CONFIG.get(0)
-}
-
-/// Counts one counted reply to the client of `flow` at `now_ns`; returns whether a hold was
-/// placed for it.
-#[inline(always)]
-pub fn count(flow: &FlowKey, now_ns: u64, config: &HoldConfig) -> bool {
+pub fn count(flow: &FlowKey, now_ns: u64) -> bool {
+    let Some(config) = HOLD_CONFIG.get(0) else {
+        return false;
+    };
     if config.threshold == 0 {
         return false;
     }

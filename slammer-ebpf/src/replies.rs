@@ -305,6 +305,26 @@ fn line_at(seg: &Segment, s: &mut Scratch, at: usize) {
     );
 }
 
+/// How a record wakes the daemon. A hold wakes it at once. While the daemon drains on its own
+/// clock, nothing else does unless the ring is a quarter full; otherwise a record wakes it if it
+/// has read all before (the kernel's default, which costs nothing while no daemon reads).
+#[inline(always)]
+fn wakeup_flags(held: bool) -> u32 {
+    if held {
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    let batching = EVENT_WAKEUPS
+        .get(0)
+        .is_some_and(|&w| w == hold::wakeups::HOLDS_ONLY);
+    if !batching {
+        0
+    } else if REPLY_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) < u64::from(REPLY_EVENTS_BYTES / 4) {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    }
+}
+
 /// Sends one event with the reply text from payload offset `first` on; a reply that `counts`
 /// is counted towards a hold first (only once its event is sure to reach the daemon, which
 /// confirms or lifts the hold).
@@ -316,26 +336,11 @@ fn emit(seg: &Segment, s: &Scratch, event_kind: u8, code: u32, first: u32, count
     };
     // SAFETY: helper without arguments.
     let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
-    let config = crate::hold::config();
-    let held = counts && config.is_some_and(|c| crate::hold::count(&seg.flow, now_ns, c));
+    let held = counts && crate::hold::count(&seg.flow, now_ns);
     if held {
         count(&REPLY_COUNTERS, counter::HOLDS_PLACED, 1);
     }
-    // A hold wakes the daemon at once. While the daemon drains on its own clock, nothing else
-    // does unless the ring is a quarter full; otherwise a record wakes it if it has read all
-    // before (the kernel's default, which costs nothing while no daemon reads).
-    let batching = EVENT_WAKEUPS
-        .get(0)
-        .is_some_and(|&w| w == hold::wakeups::HOLDS_ONLY);
-    let wakeup = if held {
-        BPF_RB_FORCE_WAKEUP
-    } else if !batching {
-        0
-    } else if REPLY_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) < u64::from(REPLY_EVENTS_BYTES / 4) {
-        BPF_RB_NO_WAKEUP
-    } else {
-        BPF_RB_FORCE_WAKEUP
-    };
+    let wakeup = wakeup_flags(held);
     let ev = entry.as_mut_ptr();
     let first = first as usize;
     let scanned = s.scanned();

@@ -822,19 +822,19 @@ fn log_sink(shared: &Shared) -> logsource::Sink {
     Arc::new(move |rejection: LogRejection| {
         let text = crate::reply_text::sanitize(&rejection.text, crate::reply_text::MAX_TEXT);
         let mut state = lock(&shared);
+        let now = Now::read();
         let outcome = state.engine.on_log_rejection(
             rejection.client,
             rejection.code,
             &text,
             rejection.tls,
-            Now::read(),
+            now,
         );
         if outcome == Outcome::Counted {
             count_in_fleet(&shared, &state, rejection.client);
             // The classifier never saw this one (it was inside TLS): its count catches up, so
             // that the client's next rejection on the wire is held when it reaches the
             // threshold.
-            let now = Now::read();
             let count = state.engine.hold_count(rejection.client, now.boot_ns, now);
             if let Err(err) = state.holds.raise_count(rejection.client, count) {
                 log::warn!("{:#}", anyhow::Error::from(err));

@@ -21,6 +21,8 @@ pub const HOLD_TTL: Duration = Duration::from_mins(1);
 pub struct Holds {
     pub(super) config: Array<MapData, HoldConfig>,
     pub(super) counts: HashMap<MapData, ClientKey, ClientCount>,
+    /// The window last configured.
+    pub(super) window_ns: u64,
 }
 
 /// Whether a ring-buffer record wakes the daemon; owned by the daemon's event reader.
@@ -70,7 +72,9 @@ impl Holds {
         };
         self.config
             .set(0, config, 0)
-            .map_err(write_error(names::HOLD_CONFIG))
+            .map_err(write_error(names::HOLD_CONFIG))?;
+        self.window_ns = config.window_ns;
+        Ok(())
     }
 
     /// Replaces the classifier's count of `client` with the daemon's.
@@ -84,8 +88,7 @@ impl Holds {
     /// the classifier cannot see (from the MTA's log); a higher count of its own stays.
     pub fn raise_count(&mut self, client: IpAddr, count: ClientCount) -> Result<(), KernelError> {
         if self.count(client).is_some_and(|own| {
-            own.count >= count.count
-                && hold::continues(&own, count.last_ns, self.window_ns().unwrap_or(0))
+            own.count >= count.count && hold::continues(&own, count.last_ns, self.window_ns)
         }) {
             return Ok(());
         }
@@ -96,10 +99,6 @@ impl Holds {
     pub fn forget(&mut self, client: IpAddr) {
         // Absent already is fine; anything else leaves the count to restart after a window.
         let _ = self.counts.remove(&client_key(client));
-    }
-
-    fn window_ns(&self) -> Option<u64> {
-        self.config.get(&0, 0).ok().map(|c| c.window_ns)
     }
 
     /// The classifier's count of `client`, if it has one.

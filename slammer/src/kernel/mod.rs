@@ -191,6 +191,7 @@ impl Kernel {
         Ok(Holds {
             config: take_map(&mut self.ebpf, names::HOLD_CONFIG)?,
             counts: take_map(&mut self.ebpf, names::CLIENT_COUNTS)?,
+            window_ns: 0,
         })
     }
 

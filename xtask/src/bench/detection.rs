@@ -463,59 +463,46 @@ fn next_commands(records: &[Record]) -> String {
 
 /// The latency table's rows: slammer's own times, then both tools from the attacker's side.
 fn latency_rows(r: &DetectionResult) -> Vec<Vec<String>> {
-    let latency = Summary::of(&r.slammer, |x| x.daemon_latency);
-    let confirmed = Summary::of(&r.slammer, |x| x.confirmed);
-    let listed = Summary::of(&r.slammer, |x| x.attack.listed_after);
-    let refused = Summary::of(&r.slammer, |x| x.attack.refused_after);
-    let banned = Summary::of(&r.fail2ban, |x| x.ban_logged_after);
-    let f2b_refused = Summary::of(&r.fail2ban, |x| x.attack.refused_after);
-    let dash = || "-".to_owned();
+    let slammer = |f: fn(&Record) -> Option<Duration>| Summary::of(&r.slammer, f);
+    let fail2ban = |f: fn(&Record) -> Option<Duration>| Summary::of(&r.fail2ban, f);
     vec![
-        vec![
-            "rejection leaves the host -> block in the map (slammer's clock)".to_owned(),
-            ms(latency.p50, SLAMMER_BOUND),
-            ms(latency.p90, SLAMMER_BOUND),
-            ms(latency.p99, SLAMMER_BOUND),
-            dash(),
-            dash(),
-            dash(),
-            dash(),
-            dash(),
-        ],
-        vec![
-            "rejection leaves the host -> the daemon's block or confirmed hold".to_owned(),
-            ms(confirmed.p50, SLAMMER_BOUND),
-            ms(confirmed.p90, SLAMMER_BOUND),
-            ms(confirmed.p99, SLAMMER_BOUND),
-            dash(),
-            dash(),
-            dash(),
-            dash(),
-            dash(),
-        ],
-        vec![
-            "attacker reads it -> in the map / Ban logged".to_owned(),
-            ms(listed.p50, SLAMMER_BOUND),
-            ms(listed.p90, SLAMMER_BOUND),
-            ms(listed.p99, SLAMMER_BOUND),
-            ms(banned.p50, FAIL2BAN_BOUND),
-            ms(banned.p90, FAIL2BAN_BOUND),
-            ms(banned.p99, FAIL2BAN_BOUND),
-            ratio_text(ratio(banned.p50, listed.p50)),
-            ratio_text(ratio(banned.p99, listed.p99)),
-        ],
-        vec![
-            "attacker reads it -> a new connection refused".to_owned(),
-            ms(refused.p50, SLAMMER_BOUND),
-            ms(refused.p90, SLAMMER_BOUND),
-            ms(refused.p99, SLAMMER_BOUND),
-            ms(f2b_refused.p50, FAIL2BAN_BOUND),
-            ms(f2b_refused.p90, FAIL2BAN_BOUND),
-            ms(f2b_refused.p99, FAIL2BAN_BOUND),
-            ratio_text(ratio(f2b_refused.p50, refused.p50)),
-            ratio_text(ratio(f2b_refused.p99, refused.p99)),
-        ],
+        own_row(
+            "rejection leaves the host -> block in the map (slammer's clock)",
+            &slammer(|x| x.daemon_latency),
+        ),
+        own_row(
+            "rejection leaves the host -> the daemon's block or confirmed hold",
+            &slammer(|x| x.confirmed),
+        ),
+        both_row(
+            "attacker reads it -> in the map / Ban logged",
+            &slammer(|x| x.attack.listed_after),
+            &fail2ban(|x| x.ban_logged_after),
+        ),
+        both_row(
+            "attacker reads it -> a new connection refused",
+            &slammer(|x| x.attack.refused_after),
+            &fail2ban(|x| x.attack.refused_after),
+        ),
     ]
+}
+
+/// A row of slammer's percentiles alone.
+fn own_row(label: &str, s: &Summary) -> Vec<String> {
+    let mut row = vec![label.to_owned()];
+    row.extend([s.p50, s.p90, s.p99].map(|q| ms(q, SLAMMER_BOUND)));
+    row.extend(std::iter::repeat_n("-".to_owned(), 5));
+    row
+}
+
+/// A row of both tools' percentiles and their ratios.
+fn both_row(label: &str, s: &Summary, f: &Summary) -> Vec<String> {
+    let mut row = vec![label.to_owned()];
+    row.extend([s.p50, s.p90, s.p99].map(|q| ms(q, SLAMMER_BOUND)));
+    row.extend([f.p50, f.p90, f.p99].map(|q| ms(q, FAIL2BAN_BOUND)));
+    row.push(ratio_text(ratio(f.p50, s.p50)));
+    row.push(ratio_text(ratio(f.p99, s.p99)));
+    row
 }
 
 pub fn table(r: &DetectionResult) -> String {

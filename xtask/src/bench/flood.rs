@@ -272,6 +272,12 @@ impl Snapshot {
             classifier_runs: classifier.1,
         })
     }
+
+    /// The classifier's run time since `before`, in nanoseconds.
+    fn classifier_ns_since(&self, before: &Self) -> u64 {
+        u64::try_from(self.classifier.saturating_sub(before.classifier).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
 }
 
 /// The rate steps, against one daemon (threshold 100 in 1 ms: counts, never blocks).
@@ -366,13 +372,7 @@ fn one_step(
         blocks: after.blocks - before.blocks,
         drain,
         daemon_ns: after.cpu.since(&before.cpu).best_own_ns(),
-        classifier_ns: u64::try_from(
-            after
-                .classifier
-                .saturating_sub(before.classifier)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX),
+        classifier_ns: after.classifier_ns_since(&before),
         classifier_runs: after.classifier_runs - before.classifier_runs,
     };
     let (daemon_us, classifier_us) = step.us_per_rejection();
@@ -524,13 +524,7 @@ fn slammer_usage(
         done_after,
         own_ns: cpu.best_own_ns(),
         children_ns: cpu.children,
-        classifier_ns: u64::try_from(
-            after
-                .classifier
-                .saturating_sub(before.classifier)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX),
+        classifier_ns: after.classifier_ns_since(before),
         classifier_runs: after.classifier_runs - before.classifier_runs,
         idle_ns_per_second: idle,
     })

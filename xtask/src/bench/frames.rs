@@ -68,7 +68,19 @@ pub fn checksum(bytes: &[u8]) -> u16 {
     !u16::try_from(sum).expect("folded to 16 bits")
 }
 
-/// A TCP segment (no checksum: nothing here verifies it) from `src` to `dst`.
+/// A TCP header and its payload (no checksum: nothing here verifies it).
+fn tcp_segment(ports: (u16, u16), seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(20 + payload.len());
+    h.extend_from_slice(&ports.0.to_be_bytes());
+    h.extend_from_slice(&ports.1.to_be_bytes());
+    h.extend_from_slice(&seq.to_be_bytes());
+    h.extend_from_slice(&1u32.to_be_bytes());
+    h.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A TCP segment (no checksum) from `src` to `dst`.
 pub fn tcp(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
@@ -76,14 +88,8 @@ pub fn tcp(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(20 + payload.len());
-    h.extend_from_slice(&src.1.to_be_bytes());
-    h.extend_from_slice(&dst.1.to_be_bytes());
-    h.extend_from_slice(&seq.to_be_bytes());
-    h.extend_from_slice(&1u32.to_be_bytes());
-    h.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    h.extend_from_slice(payload);
-    ipv4_frame(src.0, dst.0, IPPROTO_TCP, &h)
+    let segment = tcp_segment((src.1, dst.1), seq, flags, payload);
+    ipv4_frame(src.0, dst.0, IPPROTO_TCP, &segment)
 }
 
 /// A 60-byte UDP datagram from `src` to `dst` with checksum 0 (none, valid in IPv4).
@@ -107,14 +113,8 @@ pub fn tcp6(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(20 + payload.len());
-    h.extend_from_slice(&src.1.to_be_bytes());
-    h.extend_from_slice(&dst.1.to_be_bytes());
-    h.extend_from_slice(&seq.to_be_bytes());
-    h.extend_from_slice(&1u32.to_be_bytes());
-    h.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    h.extend_from_slice(payload);
-    ipv6_frame(src.0, dst.0, IPPROTO_TCP, &h)
+    let segment = tcp_segment((src.1, dst.1), seq, flags, payload);
+    ipv6_frame(src.0, dst.0, IPPROTO_TCP, &segment)
 }
 
 /// A UDP datagram without payload from `src` to `dst` over IPv6, with its (mandatory) checksum:
