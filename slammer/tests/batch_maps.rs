@@ -9,7 +9,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::{ETH_P_IPV4, ETH_P_IPV6, TestKernel, ethernet, ipv4, ipv6, tcp};
 use slammer::{
     addr::Target,
@@ -68,15 +67,7 @@ fn verdict(tk: &mut TestKernel, target: Target) -> u32 {
         }
         Target::Prefix(_) => unreachable!("addresses only"),
     };
-    let opts = TestRunOptions {
-        data_in: Some(&frame),
-        ..TestRunOptions::default()
-    };
-    tk.get()
-        .gate()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+    tk.run_gate(&frame)
 }
 
 fn kernel_targets(bl: &Blocklist<KernelStore>) -> BTreeSet<Target> {

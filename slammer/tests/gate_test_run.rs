@@ -4,7 +4,6 @@ mod common;
 
 use std::time::Duration;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, TestKernel, ethernet, ipv4, ipv6, tcp,
 };
@@ -24,18 +23,6 @@ const LOCAL_V4: [u8; 4] = [192, 0, 2, 1];
 const BLOCKED_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
 const OTHER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8];
 const LOCAL_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
-fn run(tk: &mut TestKernel, frame: &[u8]) -> u32 {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..TestRunOptions::default()
-    };
-    tk.get()
-        .gate()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
-}
 
 fn v4_frame(vlans: &[(u16, u16)], src: [u8; 4]) -> Vec<u8> {
     let mut f = ethernet(vlans, ETH_P_IPV4);
@@ -82,22 +69,22 @@ fn blocked_sources_drop_others_pass_v4_v6_and_vlan() {
         &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)],
     ] {
         assert_eq!(
-            run(&mut tk, &v4_frame(vlans, BLOCKED_V4)),
+            tk.run_gate(&v4_frame(vlans, BLOCKED_V4)),
             XDP_DROP,
             "v4 {vlans:?}"
         );
         assert_eq!(
-            run(&mut tk, &v4_frame(vlans, OTHER_V4)),
+            tk.run_gate(&v4_frame(vlans, OTHER_V4)),
             XDP_PASS,
             "v4 {vlans:?}"
         );
         assert_eq!(
-            run(&mut tk, &v6_frame(vlans, BLOCKED_V6)),
+            tk.run_gate(&v6_frame(vlans, BLOCKED_V6)),
             XDP_DROP,
             "v6 {vlans:?}"
         );
         assert_eq!(
-            run(&mut tk, &v6_frame(vlans, OTHER_V6)),
+            tk.run_gate(&v6_frame(vlans, OTHER_V6)),
             XDP_PASS,
             "v6 {vlans:?}"
         );
@@ -122,7 +109,7 @@ fn ipv4_options_are_skipped_by_ihl() {
         &[1, 1, 1, 1, 1, 1, 1, 0],
         &tcp(40000, 25, 1, 0x02, &[]),
     ));
-    assert_eq!(run(&mut tk, &f), XDP_DROP);
+    assert_eq!(tk.run_gate(&f), XDP_DROP);
 }
 
 #[test]
@@ -133,18 +120,18 @@ fn truncated_and_bogus_headers_pass_and_are_counted() {
     block(&mut bl, "198.51.100.7");
     let full = v4_frame(&[], BLOCKED_V4);
     // Ethernet + 10 bytes of IPv4: the source address is not there.
-    assert_eq!(run(&mut tk, &full[..24]), XDP_PASS);
+    assert_eq!(tk.run_gate(&full[..24]), XDP_PASS);
     // A VLAN tag cut in half.
     let mut vlan = ethernet(&[(ETH_P_8021Q, 10)], ETH_P_IPV4);
     vlan.truncate(16);
-    assert_eq!(run(&mut tk, &vlan), XDP_PASS);
+    assert_eq!(tk.run_gate(&vlan), XDP_PASS);
     // IHL below 5 is no IPv4 header.
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
-    assert_eq!(run(&mut tk, &bad_ihl), XDP_PASS);
+    assert_eq!(tk.run_gate(&bad_ihl), XDP_PASS);
     let mut v6 = v6_frame(&[], BLOCKED_V6);
     v6.truncate(14 + 30);
-    assert_eq!(run(&mut tk, &v6), XDP_PASS);
+    assert_eq!(tk.run_gate(&v6), XDP_PASS);
     assert_eq!(counter(&counters, "parse_errors"), 4);
     assert_eq!(counter(&counters, "dropped_packets"), 0);
 }
@@ -155,7 +142,7 @@ fn non_ip_traffic_passes_untouched() {
     let counters = tk.get().take_counters().expect("counters");
     let mut arp = ethernet(&[], 0x0806);
     arp.extend_from_slice(&[0; 28]);
-    assert_eq!(run(&mut tk, &arp), XDP_PASS);
+    assert_eq!(tk.run_gate(&arp), XDP_PASS);
     assert_eq!(counter(&counters, "parse_errors"), 0);
 }
 
@@ -185,8 +172,8 @@ fn expired_entries_are_not_enforced() {
         },
     )
     .unwrap();
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
-    assert_eq!(run(&mut tk, &v6_frame(&[], BLOCKED_V6)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v6_frame(&[], BLOCKED_V6)), XDP_PASS);
     assert_eq!(counter(&counters, "expired_matches"), 2);
 }
 
@@ -208,10 +195,10 @@ fn entries_expire_between_packets() {
         },
     )
     .unwrap();
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_DROP);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_DROP);
     // 100 ms past the expiry: 10 ticks at HZ=100, 25 at HZ=250.
     std::thread::sleep(ttl + Duration::from_millis(100));
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_PASS);
     assert_eq!(counter(&counters, "expired_matches"), 1);
     assert_eq!(counter(&counters, "dropped_packets"), 1);
 }
@@ -222,13 +209,13 @@ fn prefixes_match_longest_and_unblock_restores() {
     let mut bl = blocklist(&mut tk);
     block(&mut bl, "198.51.100.0/24");
     block(&mut bl, "2001:db8::/64");
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_DROP);
-    assert_eq!(run(&mut tk, &v4_frame(&[], OTHER_V4)), XDP_DROP);
-    assert_eq!(run(&mut tk, &v4_frame(&[], [198, 51, 101, 7])), XDP_PASS);
-    assert_eq!(run(&mut tk, &v6_frame(&[], OTHER_V6)), XDP_DROP);
-    assert_eq!(run(&mut tk, &v6_frame(&[], LOCAL_V6)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_DROP);
+    assert_eq!(tk.run_gate(&v4_frame(&[], OTHER_V4)), XDP_DROP);
+    assert_eq!(tk.run_gate(&v4_frame(&[], [198, 51, 101, 7])), XDP_PASS);
+    assert_eq!(tk.run_gate(&v6_frame(&[], OTHER_V6)), XDP_DROP);
+    assert_eq!(tk.run_gate(&v6_frame(&[], LOCAL_V6)), XDP_PASS);
     bl.unblock("198.51.100.0/24".parse().unwrap()).unwrap();
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_PASS);
     assert_eq!(
         bl.store()
             .get(&"2001:db8::/64".parse().unwrap())
@@ -245,7 +232,7 @@ fn observe_mode_counts_and_passes() {
     let mut bl = blocklist(&mut tk);
     block(&mut bl, "198.51.100.7");
     bl.store_mut().set_observe(true).unwrap();
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_PASS);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_PASS);
     assert_eq!(counter(&counters, "observed_packets"), 1);
     assert_eq!(counter(&counters, "dropped_packets"), 0);
     assert_eq!(
@@ -257,5 +244,5 @@ fn observe_mode_counts_and_passes() {
     );
     // Back to enforcing: the pending entry applies at once, with its TTL.
     bl.store_mut().set_observe(false).unwrap();
-    assert_eq!(run(&mut tk, &v4_frame(&[], BLOCKED_V4)), XDP_DROP);
+    assert_eq!(tk.run_gate(&v4_frame(&[], BLOCKED_V4)), XDP_DROP);
 }

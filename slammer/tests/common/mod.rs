@@ -9,6 +9,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use aya::programs::{TestRun as _, TestRunOptions};
 use slammer::kernel::{Kernel, LoadOptions};
 
 pub struct TestKernel {
@@ -44,6 +45,19 @@ impl TestKernel {
 
     pub fn get(&mut self) -> &mut Kernel {
         self.kernel.as_mut().expect("loaded")
+    }
+
+    /// The gate's verdict on `frame`, through `BPF_PROG_TEST_RUN`.
+    pub fn run_gate(&mut self, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        self.get()
+            .gate()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
     }
 }
 
